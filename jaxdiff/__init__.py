@@ -1,0 +1,1 @@
+"""jaxdiff: Qwen3 / Qwen3-Coder (dense and MoE) as masked-diffusion code models in JAX/Flax."""
