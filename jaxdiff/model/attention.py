@@ -1,0 +1,122 @@
+"""Grouped-query attention with q/k RMSNorm, three attention modes, and a KV cache hook.
+
+Einsum letters: B batch, Q query length, S key length, N query heads, K kv heads, G = N // K query
+heads per kv head, H head dim, D model width.
+
+Which key a query may see is given by O(L) data, never by a materialised [B, N, L, L] mask:
+every token carries a *visibility rank* r and keys carry a validity bit; query q sees key s iff
+`valid[s] and rank[s] <= rank[q]`. The modes are choices of rank:
+  causal        r = position                      (sees itself and everything before)
+  bidirectional r = 0                             (sees every valid token)
+  block         r = 0 for the prompt, 1 + (pos - prompt_len) // block_size after it
+                                                  (sees its own block and all earlier blocks)
+The same rule covers cached keys, so block decoding with a cache is exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdiff.model import rope
+from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.layers import Linear, RMSNorm
+from jaxdiff.parallel import axes as ax
+from jaxdiff.parallel import shard
+
+MODES = ("causal", "bidirectional", "block")
+# "reference": plain einsum over the whole [Q, S] score matrix (the parity reference).
+# "chunked":   the same math one query chunk at a time (memory O(chunk * S)); default on CPU/TPU.
+# "fused":     jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies).
+IMPLEMENTATIONS = ("reference", "chunked", "fused")
+_NEG = float(jnp.finfo(jnp.float32).min)
+
+
+@dataclasses.dataclass(frozen=True)
+class Visibility:
+    """Per-token attention structure: q_rank [B, Q], k_rank [B, S], k_valid [B, S]."""
+
+    q_rank: jax.Array
+    k_rank: jax.Array
+    k_valid: jax.Array
+
+    def allowed(self, q_slice=slice(None)) -> jax.Array:
+        """Boolean [B, 1, Q, S] (materialised only by the reference and fused paths)."""
+        q = self.q_rank[:, q_slice]
+        return (self.k_valid[:, None, None, :] & (self.k_rank[:, None, None, :] <= q[:, None, :, None]))
+
+
+def _scores_to_out(q, k, v, allowed, bias, scale):
+    """q [B, Q, K, G, H], k/v [B, S, K, H], allowed [B, 1, Q, S] -> out [B, Q, K, G, H]."""
+    s = jnp.einsum("BQKGH,BSKH->BKGQS", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:  # [B, 1, Q, S]
+        s = s + bias[:, :, None].astype(jnp.float32)
+    s = jnp.where(allowed[:, :, None], s, _NEG)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    return jnp.einsum("BKGQS,BSKH->BQKGH", p, v)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, bias: jax.Array | None = None,
+           impl: str = "chunked", chunk: int = 512) -> jax.Array:
+    """Attention of q [B, Q, N, H] over k, v [B, S, K, H]; returns [B, Q, N, H]."""
+    b, nq, n, h = q.shape
+    kv = k.shape[2]
+    scale = h ** -0.5
+    if impl == "fused":
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=vis.allowed(), scale=scale)
+    qg = q.reshape(b, nq, kv, n // kv, h)
+    if impl == "reference" or nq <= chunk:
+        out = _scores_to_out(qg, k, v, vis.allowed(), bias, scale)
+        return out.reshape(b, nq, n, h)
+    if impl != "chunked":
+        raise ValueError(f"attention impl {impl!r} unknown; choose from {IMPLEMENTATIONS}")
+    pad = (-nq) % chunk
+    n_chunks = (nq + pad) // chunk
+    qp = jnp.pad(qg, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
+    rp = jnp.pad(vis.q_rank, ((0, 0), (0, pad)))
+    bp = None if bias is None else jnp.pad(jnp.broadcast_to(bias, (b, 1, nq, k.shape[1])),
+                                           ((0, 0), (0, 0), (0, pad), (0, 0)))
+
+    def one(i):
+        sl = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis)
+        allowed = vis.k_valid[:, None, None, :] & (vis.k_rank[:, None, None, :] <= sl(rp, 1)[:, None, :, None])
+        return _scores_to_out(sl(qp, 1), k, v, allowed, None if bp is None else sl(bp, 2), scale)
+
+    out = jax.lax.map(one, jnp.arange(n_chunks))  # [C, B, chunk, K, G, H]
+    out = jnp.moveaxis(out, 0, 1).reshape(b, n_chunks * chunk, n, h)
+    return out[:, :nq]
+
+
+class Attention(nnx.Module):
+    """Qwen3 self-attention: q/k/v/o projections, per-head RMSNorm on q and k, RoPE, GQA."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8: bool, rngs: nnx.Rngs):
+        d, n, kv, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        blk = cfg.fp8_block_size if fp8 else None
+        self.num_heads, self.num_kv_heads, self.head_dim = n, kv, h
+        self.q_proj = Linear(d, n * h, axes=(ax.Q_HEADS, ax.EMBED), dtype=dtype, fp8_block=blk, rngs=rngs)
+        self.k_proj = Linear(d, kv * h, axes=(ax.KV_HEADS, ax.EMBED), dtype=dtype, fp8_block=blk, rngs=rngs)
+        self.v_proj = Linear(d, kv * h, axes=(ax.KV_HEADS, ax.EMBED), dtype=dtype, fp8_block=blk, rngs=rngs)
+        self.o_proj = Linear(n * h, d, axes=(ax.EMBED, ax.Q_HEADS), dtype=dtype, fp8_block=blk, rngs=rngs)
+        self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, axes=(ax.HEAD_DIM,))
+        self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, axes=(ax.HEAD_DIM,))
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, vis: Visibility, *,
+                 bias: jax.Array | None = None, past_kv: tuple[jax.Array, jax.Array] | None = None,
+                 impl: str = "chunked") -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """x [B, Q, D] -> (out [B, Q, D], this call's (k, v) [B, Q, K, H] for a cache)."""
+        b, nq, _ = x.shape
+        q = self.q_norm(self.q_proj(x).reshape(b, nq, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).reshape(b, nq, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x).reshape(b, nq, self.num_kv_heads, self.head_dim)
+        q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
+        q = shard(q, (ax.BATCH, ax.LENGTH, ax.ACT_HEADS, None))
+        k = shard(k, (ax.BATCH, ax.LENGTH, ax.ACT_KV_HEADS, None))
+        keys, values = k, v
+        if past_kv is not None:
+            keys = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
+            values = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
+        out = attend(q, keys, values, vis, bias=bias, impl=impl)
+        return self.o_proj(out.reshape(b, nq, self.num_heads * self.head_dim)), (k, v)

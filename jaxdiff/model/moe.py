@@ -1,0 +1,138 @@
+"""Qwen3-MoE sparse block: softmax router, top-k, optional renormalisation, SwiGLU experts.
+
+Einsum letters: T tokens (B*L flattened), D model width, F expert FFN width, E experts, A = T * k
+token-expert assignments.
+
+Experts run grouped: assignments are sorted by expert and each expert multiplies only its own
+rows. Two grouped kernels compute the same thing:
+  "ragged": `jax.lax.ragged_dot_general` (native grouped GEMM on GPU/TPU);
+  "tiled":  rows padded per expert to a multiple of a tile and multiplied tile by tile against the
+            owning expert's weights (static shapes; compute ~A rows, not T * E). XLA:CPU lowers
+            ragged_dot to a dense masked product over all experts, so this is the CPU default.
+`dense_reference_moe` pushes every token through every expert; it exists only for tests.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.layers import ExpertLinear, param
+from jaxdiff.parallel import axes as ax
+
+GROUPED_IMPLS = ("ragged", "tiled")
+
+
+def default_grouped_impl() -> str:
+    return "tiled" if jax.default_backend() == "cpu" else "ragged"
+
+
+def route(x: jax.Array, router_w: jax.Array, top_k: int, norm_topk_prob: bool):
+    """x [T, D], router W [E, D] -> (logits [T, E] f32, weights [T, k] in x.dtype, experts [T, k])."""
+    logits = jnp.einsum("TD,ED->TE", x, router_w.astype(x.dtype))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if norm_topk_prob:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return logits.astype(jnp.float32), weights.astype(x.dtype), experts
+
+
+def _ragged(xs: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
+    """xs [A, D] sorted by expert, w [E, F, D] -> [A, F]."""
+    dn = jax.lax.RaggedDotDimensionNumbers(
+        dot_dimension_numbers=(([1], [2]), ([], [])), lhs_ragged_dimensions=[0], rhs_group_dimensions=[0])
+    return jax.lax.ragged_dot_general(xs, w, group_sizes, dn)
+
+
+def _tile_plan(group_sizes: jax.Array, num_rows: int, tile: int):
+    """Row -> padded-row map and tile -> expert map for rows sorted by expert."""
+    e = group_sizes.shape[0]
+    padded = (group_sizes + tile - 1) // tile * tile
+    pad_start = jnp.cumsum(padded) - padded
+    start = jnp.cumsum(group_sizes) - group_sizes
+    n_tiles = -(-(num_rows + e * (tile - 1)) // tile)
+    expert_of_row = jnp.repeat(jnp.arange(e), group_sizes, total_repeat_length=num_rows)
+    dest = pad_start[expert_of_row] + jnp.arange(num_rows) - start[expert_of_row]
+    tile_expert = jnp.searchsorted(jnp.cumsum(padded), jnp.arange(n_tiles) * tile, side="right")
+    return dest, jnp.minimum(tile_expert, e - 1), n_tiles
+
+
+def _tiled(xs, w, plan, tile):
+    dest, tile_expert, n_tiles = plan
+    xp = jnp.zeros((n_tiles * tile, xs.shape[1]), xs.dtype).at[dest].set(xs)
+    y = jnp.einsum("ZRD,ZFD->ZRF", xp.reshape(n_tiles, tile, -1), w[tile_expert])
+    return y.reshape(n_tiles * tile, -1)[dest]
+
+
+def _tile_size(rows: int, experts: int) -> int:
+    per = max(rows // experts, 1)
+    t = 8
+    while t < per and t < 128:
+        t *= 2
+    return t
+
+
+def grouped_swiglu(xs, gate_w, up_w, down_w, group_sizes, impl: str):
+    """SwiGLU expert FFN on rows sorted by expert: xs [A, D] -> [A, D]."""
+    if impl == "ragged":
+        h = jax.nn.silu(_ragged(xs, gate_w, group_sizes)) * _ragged(xs, up_w, group_sizes)
+        return _ragged(h, down_w, group_sizes)
+    if impl != "tiled":
+        raise ValueError(f"MoE grouped impl {impl!r} unknown; choose from {GROUPED_IMPLS}")
+    tile = _tile_size(xs.shape[0], group_sizes.shape[0])
+    plan = _tile_plan(group_sizes, xs.shape[0], tile)
+    h = jax.nn.silu(_tiled(xs, gate_w, plan, tile)) * _tiled(xs, up_w, plan, tile)
+    return _tiled(h, down_w, plan, tile)
+
+
+def dense_reference_moe(x, router_w, gate_w, up_w, down_w, top_k, norm_topk_prob):
+    """Every token through every expert, weighted by the (zero outside top-k) routing weights."""
+    _, weights, experts = route(x, router_w, top_k, norm_topk_prob)
+    full = jnp.zeros((x.shape[0], router_w.shape[0]), x.dtype)
+    full = full.at[jnp.arange(x.shape[0])[:, None], experts].set(weights)  # [T, E]
+    h = jax.nn.silu(jnp.einsum("TD,EFD->TEF", x, gate_w)) * jnp.einsum("TD,EFD->TEF", x, up_w)
+    y = jnp.einsum("TEF,EDF->TED", h, down_w)
+    return jnp.einsum("TED,TE->TD", y, full)
+
+
+class SparseMoeBlock(nnx.Module):
+    """`gate` is the router W[E, D]; `experts` holds gate/up/down projections stacked on E."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8: bool, rngs: nnx.Rngs):
+        e, d, f = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
+        blk = cfg.fp8_block_size if fp8 else None
+        self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
+        self.gate = _Router(e, d, dtype=dtype, rngs=rngs)
+        self.experts = _Experts(e, d, f, dtype=dtype, fp8_block=blk, rngs=rngs)
+        self.impl = default_grouped_impl()
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """x [B, L, D] -> (y [B, L, D], router logits [B*L, E] f32 for auxiliary losses)."""
+        b, l, d = x.shape
+        xt = x.reshape(b * l, d)
+        gate_w, up_w, down_w = (p.kernel(x.dtype) for p in (self.experts.gate_proj, self.experts.up_proj,
+                                                             self.experts.down_proj))
+        logits, weights, experts = route(xt, self.gate.weight[...], self.top_k, self.norm_topk_prob)
+        flat = experts.reshape(-1)                      # [A]
+        order = jnp.argsort(flat, stable=True)
+        token = order // self.top_k                     # [A] source token of each sorted row
+        group_sizes = jnp.bincount(flat, length=gate_w.shape[0]).astype(jnp.int32)
+        ys = grouped_swiglu(xt[token], gate_w, up_w, down_w, group_sizes, self.impl)
+        ys = ys * weights.reshape(-1)[order][:, None]
+        y = jnp.zeros_like(xt).at[token].add(ys)
+        return y.reshape(b, l, d), logits
+
+
+class _Router(nnx.Module):
+    def __init__(self, e: int, d: int, *, dtype, rngs: nnx.Rngs):
+        init = jax.random.normal(rngs.params(), (e, d), jnp.float32) * 0.02
+        self.weight = param(init.astype(dtype), (ax.ROUTER, ax.EMBED))
+
+
+class _Experts(nnx.Module):
+    def __init__(self, e: int, d: int, f: int, *, dtype, fp8_block, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, fp8_block=fp8_block, rngs=rngs)
+        self.gate_proj = ExpertLinear(e, d, f, axes=(ax.EXPERTS, ax.EXPERT_MLP, ax.EMBED), **kw)
+        self.up_proj = ExpertLinear(e, d, f, axes=(ax.EXPERTS, ax.EXPERT_MLP, ax.EMBED), **kw)
+        self.down_proj = ExpertLinear(e, f, d, axes=(ax.EXPERTS, ax.EMBED, ax.EXPERT_MLP), **kw)

@@ -1,0 +1,173 @@
+"""Qwen3 / Qwen3-MoE decoder as a Flax NNX module, with HF attribute names.
+
+Einsum letters: B batch, L length, D model width, F FFN width, V vocab.
+
+`Qwen3(tokens, attention=..., ...)` returns float32 logits [B, L, V]. With a `KVCache` it returns
+(logits, cache), the cache extended by this call's tokens when `commit=True`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdiff.model import rope
+from jaxdiff.model.attention import MODES, Attention, Visibility
+from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.kv_cache import KVCache
+from jaxdiff.model.layers import Embedding, Linear, RMSNorm
+from jaxdiff.model.moe import SparseMoeBlock
+from jaxdiff.parallel import axes as ax
+from jaxdiff.parallel import shard
+
+
+@dataclasses.dataclass
+class ForwardOutput:
+    logits: jax.Array | None
+    hidden: jax.Array
+    router_logits: tuple[jax.Array, ...]
+    cache: KVCache | None
+
+
+def _is_fp8(cfg: ModelConfig, module_name: str) -> bool:
+    return cfg.fp8_block_size is not None and not any(s in module_name for s in cfg.fp8_skip_modules)
+
+
+class MLP(nnx.Module):
+    """Dense SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, prefix: str, *, dtype, rngs: nnx.Rngs):
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        blk = lambda n: cfg.fp8_block_size if _is_fp8(cfg, f"{prefix}.{n}") else None
+        self.gate_proj = Linear(d, f, axes=(ax.MLP, ax.EMBED), dtype=dtype, fp8_block=blk("gate_proj"), rngs=rngs)
+        self.up_proj = Linear(d, f, axes=(ax.MLP, ax.EMBED), dtype=dtype, fp8_block=blk("up_proj"), rngs=rngs)
+        self.down_proj = Linear(f, d, axes=(ax.EMBED, ax.MLP), dtype=dtype, fp8_block=blk("down_proj"), rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
+        return self.down_proj(shard(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP)))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, idx: int, *, dtype, rngs: nnx.Rngs):
+        prefix = f"model.layers.{idx}"
+        self.is_moe = cfg.layer_is_moe(idx)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+        self.self_attn = Attention(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.self_attn"), rngs=rngs)
+        if self.is_moe:
+            self.mlp = SparseMoeBlock(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.mlp.experts"), rngs=rngs)
+        else:
+            self.mlp = MLP(cfg, f"{prefix}.mlp", dtype=dtype, rngs=rngs)
+
+    def __call__(self, x, cos, sin, vis, *, bias, past_kv, impl):
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, impl=impl)
+        x = x + h
+        router_logits = None
+        y = self.post_attention_layernorm(x)
+        if self.is_moe:
+            y, router_logits = self.mlp(y)
+        else:
+            y = self.mlp(y)
+        x = shard(x + y, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+        return x, kv, router_logits
+
+
+class Decoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
+        self.layers = nnx.List([DecoderLayer(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
+
+
+def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | None,
+                     prompt_lengths: jax.Array | None) -> jax.Array:
+    """Visibility rank [B, L] of each token for an uncached call (see attention.py)."""
+    if attention == "causal":
+        return positions
+    if attention == "bidirectional":
+        return jnp.zeros_like(positions)
+    if block_size is None or block_size <= 0:
+        raise ValueError("attention='block' needs block_size > 0")
+    plen = jnp.zeros(positions.shape[:1], jnp.int32) if prompt_lengths is None else prompt_lengths
+    rel = positions - plen[:, None]
+    return jnp.where(rel < 0, 0, 1 + rel // block_size).astype(jnp.int32)
+
+
+class Qwen3(nnx.Module):
+    """Qwen3ForCausalLM / Qwen3MoeForCausalLM. `dtype` is the dtype of params and activations
+    (FP8 weights are dequantized to it inside each matmul)."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.dtype = dtype
+        self.model = Decoder(cfg, dtype=dtype, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, axes=(ax.VOCAB, ax.EMBED), dtype=dtype,
+                                  fp8_block=cfg.fp8_block_size if _is_fp8(cfg, "lm_head") else None, rngs=rngs)
+        self.attention_impl = "chunked"
+
+    def __call__(self, tokens: jax.Array, **kw):
+        """tokens [B, L] -> logits [B, L, V] float32; (logits, cache) when a cache is given.
+        Keyword arguments as for `forward`."""
+        out = self.forward(tokens, **kw)
+        return out.logits if kw.get("cache") is None else (out.logits, out.cache)
+
+    def forward(self, tokens: jax.Array, *, attention: str = "causal", block_size: int | None = None,
+                prompt_lengths: jax.Array | None = None, padding_mask: jax.Array | None = None,
+                bias: jax.Array | None = None, cache: KVCache | None = None, commit: bool = False,
+                logits: bool = True) -> "ForwardOutput":
+        """The full forward pass: logits (unless logits=False), final hidden states, router logits
+        of every MoE layer ([B*L, E] float32 each), and the (possibly extended) cache.
+
+        attention: "causal" | "bidirectional" | "block" (block needs block_size; without a cache the
+          first `prompt_lengths` real tokens of each row form block 0, then blocks of block_size).
+          With a cache in block mode, the whole call is one block.
+        padding_mask [B, L]: True for real tokens (left padding expected); positions skip padding.
+        bias [B, 1, L, S]: additive attention bias, S = cached slots + L.
+        """
+        if attention not in MODES:
+            raise ValueError(f"attention={attention!r}; choose from {MODES}")
+        b, l = tokens.shape
+        valid = jnp.ones((b, l), bool) if padding_mask is None else padding_mask.astype(bool)
+        offset = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
+        positions = offset[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+        if cache is None:
+            rank = visibility_ranks(attention, positions, block_size=block_size, prompt_lengths=prompt_lengths)
+            vis = Visibility(rank, rank, valid)
+        else:
+            if attention == "causal":
+                rank = positions
+            elif attention == "bidirectional":
+                rank = jnp.zeros_like(positions)
+            else:
+                rank = jnp.broadcast_to(cache.next_rank[:, None], (b, l))
+            vis = Visibility(rank, jnp.concatenate([cache.rank, rank], 1), jnp.concatenate([cache.valid, valid], 1))
+        x = self.model.embed_tokens(tokens).astype(self.dtype)
+        x = shard(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+        cos, sin = rope.cos_sin(positions, self.config.rope, self.config.head_dim, self.dtype)
+        new_kv = []
+        router = []
+        for i, layer in enumerate(self.model.layers):
+            past = None if cache is None else cache.layer(i)
+            x, kv, rl = layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=self.attention_impl)
+            new_kv.append(kv)
+            if rl is not None:
+                router.append(rl)
+        x = self.model.norm(x)
+        out = None
+        if logits:
+            out = self.head(x)
+        if cache is not None and commit:
+            cache = cache.append(new_kv, rank, valid, positions, block_mode=attention == "block")
+        return ForwardOutput(logits=out, hidden=x, router_logits=tuple(router), cache=cache)
+
+    def head(self, x: jax.Array) -> jax.Array:
+        """Final hidden states [..., D] -> float32 logits [..., V] (tied or untied head)."""
+        if self.config.tie_word_embeddings:
+            out = self.model.embed_tokens.attend(x)
+        else:
+            out = self.lm_head(x)
+        return out.astype(jnp.float32)
