@@ -16,7 +16,7 @@ from jaxdiff.model.transformer import ForwardOutput, Qwen3
 
 __all__ = ["ConfigError", "ForwardOutput", "IMPLEMENTATIONS", "KVCache", "MODES", "ModelConfig", "Qwen3",
            "RopeConfig", "Visibility", "attend", "build_model", "abstract_model", "param_specs",
-           "param_axes", "flat_params", "set_params"]
+           "param_axes", "param_shardings", "place", "flat_params", "set_params"]
 
 
 def _key(path) -> str:
@@ -50,6 +50,21 @@ def param_axes(cfg: ModelConfig) -> dict[str, tuple[str | None, ...]]:
 def flat_params(model: nnx.Module) -> dict[str, jax.Array]:
     """jaxdiff key -> array of every base parameter."""
     return {k: v[...] for k, v in _variables(model).items()}
+
+
+def param_shardings(model_or_cfg, mesh, rules=None) -> dict[str, jax.sharding.NamedSharding]:
+    """jaxdiff key -> NamedSharding from each parameter's logical axes and the rules."""
+    from jaxdiff.parallel import named_sharding
+
+    model = abstract_model(model_or_cfg) if isinstance(model_or_cfg, ModelConfig) else model_or_cfg
+    return {k: named_sharding(v.get_metadata()["axes"], v.shape, mesh, rules) for k, v in _variables(model).items()}
+
+
+def place(model: nnx.Module, mesh, rules=None) -> None:
+    """Moves every base parameter onto `mesh` with its rule-given sharding (in place)."""
+    shardings = param_shardings(model, mesh, rules)
+    for k, var in _variables(model).items():
+        var.set_value(jax.device_put(var[...], shardings[k]))
 
 
 def set_params(model: nnx.Module, params: Mapping[str, jax.Array | np.ndarray], *, source: str = "params",

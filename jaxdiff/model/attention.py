@@ -105,7 +105,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, vis: Visibility, *,
                  bias: jax.Array | None = None, past_kv: tuple[jax.Array, jax.Array] | None = None,
-                 impl: str = "chunked") -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 impl: str = "chunked", chunk: int = 512) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x [B, Q, D] -> (out [B, Q, D], this call's (k, v) [B, Q, K, H] for a cache)."""
         b, nq, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, nq, self.num_heads, self.head_dim))
@@ -118,5 +118,5 @@ class Attention(nnx.Module):
         if past_kv is not None:
             keys = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
-        out = attend(q, keys, values, vis, bias=bias, impl=impl)
+        out = attend(q, keys, values, vis, bias=bias, impl=impl, chunk=chunk)
         return self.o_proj(out.reshape(b, nq, self.num_heads * self.head_dim)), (k, v)

@@ -62,8 +62,9 @@ class DecoderLayer(nnx.Module):
         else:
             self.mlp = MLP(cfg, f"{prefix}.mlp", dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, vis, *, bias, past_kv, impl):
-        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, impl=impl)
+    def __call__(self, x, cos, sin, vis, *, bias, past_kv, impl, chunk):
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, impl=impl,
+                               chunk=chunk)
         x = x + h
         router_logits = None
         y = self.post_attention_layernorm(x)
@@ -107,7 +108,8 @@ class Qwen3(nnx.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, axes=(ax.VOCAB, ax.EMBED), dtype=dtype,
                                   fp8_block=cfg.fp8_block_size if _is_fp8(cfg, "lm_head") else None, rngs=rngs)
-        self.attention_impl = "chunked"
+        self.attention_impl = "chunked"  # see attention.IMPLEMENTATIONS
+        self.attention_chunk = 512
 
     def __call__(self, tokens: jax.Array, **kw):
         """tokens [B, L] -> logits [B, L, V] float32; (logits, cache) when a cache is given.
@@ -152,7 +154,8 @@ class Qwen3(nnx.Module):
         router = []
         for i, layer in enumerate(self.model.layers):
             past = None if cache is None else cache.layer(i)
-            x, kv, rl = layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=self.attention_impl)
+            x, kv, rl = layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=self.attention_impl,
+                              chunk=self.attention_chunk)
             new_kv.append(kv)
             if rl is not None:
                 router.append(rl)
