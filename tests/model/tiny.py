@@ -1,0 +1,15 @@
+"""Tiny model configs used across model tests (no HF files needed)."""
+from jaxdiff.model import ModelConfig
+
+
+def dense(**kw) -> ModelConfig:
+    base = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=False)
+    return ModelConfig(**{**base, **kw})
+
+
+def moe(**kw) -> ModelConfig:
+    base = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=8, num_key_value_heads=4, head_dim=16, num_experts=8,
+                num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)
+    return ModelConfig(**{**base, **kw})
