@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.model import lora
 from jaxdiff.parallel import axes as ax
 
 FP8_DTYPE = jnp.float8_e4m3fn
@@ -51,7 +52,14 @@ class Linear(nnx.Module):
         return dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.einsum("...D,FD->...F", x, self.kernel(x.dtype))
+        y = jnp.einsum("...D,FD->...F", x, self.kernel(x.dtype))
+        head, _ = lora.current()
+        if head is not None and head in getattr(self, "lora_config", {}):
+            scale, rate, uid = self.lora_config[head]
+            a, b = getattr(self, f"lora_{head}_a")[...], getattr(self, f"lora_{head}_b")[...]
+            h = jnp.einsum("...D,RD->...R", lora.dropout(x, rate, uid), a.astype(x.dtype))
+            y = y + scale * jnp.einsum("...R,FR->...F", h, b.astype(x.dtype))
+        return y
 
 
 class ExpertLinear(nnx.Module):
@@ -70,9 +78,18 @@ class ExpertLinear(nnx.Module):
             self.weight_scale_inv = param(jnp.ones(nb, jnp.float32), (ax.EXPERTS, ax.SCALE_BLOCKS, ax.SCALE_BLOCKS))
 
     def kernel(self, dtype) -> jax.Array:
+        """The effective [E, F, D] weights; an active LoRA head is merged in (W + s B A per expert).
+        Adapter dropout does not apply to merged expert adapters."""
         if self.fp8_block is None:
-            return self.weight[...].astype(dtype)
-        return dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
+            w = self.weight[...].astype(dtype)
+        else:
+            w = dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
+        head, _ = lora.current()
+        if head is not None and head in getattr(self, "lora_config", {}):
+            scale = self.lora_config[head][0]
+            a, b = getattr(self, f"lora_{head}_a")[...], getattr(self, f"lora_{head}_b")[...]
+            w = w + (scale * jnp.einsum("EFR,ERD->EFD", b, a)).astype(dtype)
+        return w
 
 
 class RMSNorm(nnx.Module):
@@ -95,8 +112,11 @@ class Embedding(nnx.Module):
         init = jax.random.normal(rngs.params(), (vocab, dim), jnp.float32) * 0.02
         self.weight = param(init.astype(dtype), (ax.VOCAB, ax.EMBED))
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.weight[...], tokens, axis=0)
+    def __call__(self, tokens: jax.Array, mask_token_id: int | None = None) -> jax.Array:
+        x = jnp.take(self.weight[...], tokens, axis=0)
+        if mask_token_id is not None and hasattr(self, "mask_vector"):  # trained <|mask|> row
+            x = jnp.where((tokens == mask_token_id)[..., None], self.mask_vector[...].astype(x.dtype), x)
+        return x
 
     def attend(self, x: jax.Array) -> jax.Array:
         return jnp.einsum("...D,VD->...V", x, self.weight[...].astype(x.dtype))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.model import lora as lora_lib
 from jaxdiff.model import rope
 from jaxdiff.model.attention import MODES, Attention, Visibility
 from jaxdiff.model.config import ModelConfig
@@ -83,6 +84,10 @@ class Decoder(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
 
+def _run_layer(layer, x, cos, sin, vis, bias, past, impl, chunk):
+    return layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=impl, chunk=chunk)
+
+
 def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | None,
                      prompt_lengths: jax.Array | None) -> jax.Array:
     """Visibility rank [B, L] of each token for an uncached call (see attention.py)."""
@@ -110,6 +115,8 @@ class Qwen3(nnx.Module):
                                   fp8_block=cfg.fp8_block_size if _is_fp8(cfg, "lm_head") else None, rngs=rngs)
         self.attention_impl = "chunked"  # see attention.IMPLEMENTATIONS
         self.attention_chunk = 512
+        self.remat = False         # activation checkpointing per decoder layer
+        self.remat_policy = None   # e.g. jax.checkpoint_policies.dots_saveable
 
     def __call__(self, tokens: jax.Array, **kw):
         """tokens [B, L] -> logits [B, L, V] float32; (logits, cache) when a cache is given.
@@ -117,12 +124,20 @@ class Qwen3(nnx.Module):
         out = self.forward(tokens, **kw)
         return out.logits if kw.get("cache") is None else (out.logits, out.cache)
 
-    def forward(self, tokens: jax.Array, *, attention: str = "causal", block_size: int | None = None,
-                prompt_lengths: jax.Array | None = None, padding_mask: jax.Array | None = None,
-                bias: jax.Array | None = None, cache: KVCache | None = None, commit: bool = False,
-                logits: bool = True) -> "ForwardOutput":
+    def forward(self, tokens: jax.Array, *, lora: str | None = None, lora_dropout_key: jax.Array | None = None,
+                **kw) -> "ForwardOutput":
         """The full forward pass: logits (unless logits=False), final hidden states, router logits
         of every MoE layer ([B*L, E] float32 each), and the (possibly extended) cache.
+        lora: None (the base), "ar", "diffusion" or "length": whose adapters are active.
+        lora_dropout_key: enables adapter dropout (training)."""
+        with lora_lib.active(lora, lora_dropout_key):
+            return self._forward(tokens, **kw)
+
+    def _forward(self, tokens: jax.Array, *, attention: str = "causal", block_size: int | None = None,
+                 prompt_lengths: jax.Array | None = None, padding_mask: jax.Array | None = None,
+                 bias: jax.Array | None = None, cache: KVCache | None = None, commit: bool = False,
+                 logits: bool = True) -> "ForwardOutput":
+        """
 
         attention: "causal" | "bidirectional" | "block" (block needs block_size; without a cache the
           first `prompt_lengths` real tokens of each row form block 0, then blocks of block_size).
@@ -147,15 +162,15 @@ class Qwen3(nnx.Module):
             else:
                 rank = jnp.broadcast_to(cache.next_rank[:, None], (b, l))
             vis = Visibility(rank, jnp.concatenate([cache.rank, rank], 1), jnp.concatenate([cache.valid, valid], 1))
-        x = self.model.embed_tokens(tokens).astype(self.dtype)
+        x = self.model.embed_tokens(tokens, self.config.mask_token_id).astype(self.dtype)
         x = shard(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
         cos, sin = rope.cos_sin(positions, self.config.rope, self.config.head_dim, self.dtype)
         new_kv = []
         router = []
         for i, layer in enumerate(self.model.layers):
             past = None if cache is None else cache.layer(i)
-            x, kv, rl = layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=self.attention_impl,
-                              chunk=self.attention_chunk)
+            call = nnx.remat(_run_layer, policy=self.remat_policy) if self.remat else _run_layer
+            x, kv, rl = call(layer, x, cos, sin, vis, bias, past, self.attention_impl, self.attention_chunk)
             new_kv.append(kv)
             if rl is not None:
                 router.append(rl)

@@ -1,0 +1,100 @@
+"""Masked-diffusion losses, cross-entropy always in float32 and vocab-chunked.
+
+Per-token negative log-likelihoods come from final hidden states h [N, D] and the output head
+W [V, D] without ever holding [N, V] float32 logits: the vocabulary is scanned in chunks with an
+online log-sum-exp (and a running argmax, for accuracy). The `llada`, `mdlm` and `soft_ce`
+reductions then weight those per-token terms as published:
+
+  llada   (LLaDA eq. 3):  sum_{i masked} nll_i / p_i                        / (B * L)
+          SFT variant:    sum_b sum_{i masked in b} nll_i / p_i / answer_len_b   / B
+  mdlm    (MDLM eq. 10):  sum_{i masked} nll_i * p'(t_b) / p(t_b)           / (B * L)
+  soft_ce (label smoothing eps): ((1 - eps) nll_i + eps * mean_v(-log q_v)) / p_i, reduced as llada
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+LOSSES = ("llada", "mdlm", "soft_ce")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenStats:
+    """Per-token float32 statistics [N]: -log q(target), mean_v -log q(v), argmax == target."""
+
+    nll: jax.Array
+    mean_nll: jax.Array
+    correct: jax.Array
+
+
+def token_stats_from_logits(logits: jax.Array, targets: jax.Array) -> TokenStats:
+    """Reference path from full logits [..., V] (tests; small vocabularies)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return TokenStats(nll, -jnp.mean(logp, axis=-1), jnp.argmax(logits, axis=-1) == targets)
+
+
+def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array, *,
+                        chunk: int = 8192) -> TokenStats:
+    """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks."""
+    v, d = head_w.shape
+    n_chunks = -(-v // chunk)
+    pad = n_chunks * chunk - v
+    w = jnp.pad(head_w, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
+    h = hidden
+
+    def body(carry, xs):
+        m, s, total, best, best_idx = carry
+        wc, c = xs
+        logits = jnp.einsum("ND,VD->NV", h, wc.astype(h.dtype), preferred_element_type=jnp.float32)
+        ids = c * chunk + jnp.arange(chunk)
+        real = ids < v
+        logits_m = jnp.where(real[None], logits, -jnp.inf)
+        cm = jnp.max(logits_m, axis=-1)
+        new_m = jnp.maximum(m, cm)
+        s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
+        total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
+        arg = jnp.argmax(logits_m, axis=-1)
+        better = cm > best
+        best_idx = jnp.where(better, c * chunk + arg, best_idx)
+        return (new_m, s, total, jnp.maximum(best, cm), best_idx), None
+
+    n = h.shape[0]
+    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
+            jnp.zeros((n,), jnp.int32))
+    (m, s, total, _, best_idx), _ = jax.lax.scan(body, init, (w, jnp.arange(n_chunks)))
+    lse = m + jnp.log(s)
+    target_logit = jnp.einsum("ND,ND->N", h, head_w[targets].astype(h.dtype), preferred_element_type=jnp.float32)
+    return TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
+
+
+def diffusion_loss(stats: TokenStats, loss_mask: jax.Array, p_mask: jax.Array, *, kind: str = "llada",
+                   dp_mask: jax.Array | None = None, label_smoothing: float = 0.1,
+                   answer_lengths: jax.Array | None = None, reweight_cap: float | None = None) -> jax.Array:
+    """Scalar loss. stats fields and loss_mask [B, L]; p_mask [B, L] (the mask probability the
+    position was noised with); dp_mask [B, L] = p'(t) for `mdlm`; answer_lengths [B] switches to the
+    SFT normalisation (per-example answer length, then mean over the batch)."""
+    if kind not in LOSSES:
+        raise ValueError(f"loss kind {kind!r}; choose from {LOSSES}")
+    if kind == "mdlm":
+        if dp_mask is None:
+            raise ValueError("mdlm loss needs dp_mask (the schedule's dp/dt)")
+        weight = dp_mask / p_mask
+    else:
+        weight = 1.0 / p_mask
+    if reweight_cap is not None:
+        weight = jnp.minimum(weight, reweight_cap)
+    per_token = stats.nll
+    if kind == "soft_ce":
+        per_token = (1.0 - label_smoothing) * stats.nll + label_smoothing * stats.mean_nll
+    terms = jnp.where(loss_mask, per_token * weight, 0.0)
+    b, l = loss_mask.shape
+    if answer_lengths is None:
+        return jnp.sum(terms) / (b * l)
+    return jnp.sum(jnp.sum(terms, axis=1) / jnp.maximum(answer_lengths, 1)) / b
+
+
+def masked_accuracy(stats: TokenStats, loss_mask: jax.Array) -> jax.Array:
+    return jnp.sum(stats.correct & loss_mask) / jnp.maximum(jnp.sum(loss_mask), 1)

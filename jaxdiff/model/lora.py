@@ -1,0 +1,155 @@
+"""Three LoRA heads on one frozen base: `ar` (causal scaffold), `diffusion` (masked infill) and
+`length` (answer-length classifier), each its own NNX variable type and so its own subtree.
+
+The types subclass `nnx.Variable`, not `nnx.Param`: `FROZEN = nnx.Param` selects the base and
+nothing else, `TRAINABLE` every adapter. B starts at zero, so an untrained adapter changes nothing.
+Which head is active is a trace-time choice made by `Qwen3.forward(lora=...)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import re
+import threading
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxdiff.parallel import axes as ax
+
+
+class LoRAAr(nnx.Variable):
+    """Adapters of the autoregressive scaffold head."""
+
+
+class LoRADiffusion(nnx.Variable):
+    """Adapters of the diffusion infill head."""
+
+
+class LoRALength(nnx.Variable):
+    """Adapters and classifier of the length-prediction head."""
+
+
+class MaskEmbedding(nnx.Variable):
+    """The `<|mask|>` embedding row when it is trained (otherwise it lives in the frozen table)."""
+
+
+HEAD_TYPES: dict[str, type[nnx.Variable]] = {"ar": LoRAAr, "diffusion": LoRADiffusion, "length": LoRALength}
+HEADS = tuple(HEAD_TYPES)
+FROZEN = nnx.Param
+TRAINABLE = nnx.Any(LoRAAr, LoRADiffusion, LoRALength, MaskEmbedding)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRASpec:
+    """rank r, alpha (scale = alpha / r), dropout on the adapter input, and target module names
+    (regular expressions matched against the module path, e.g. "q_proj" or r"experts\\.(gate|up)_proj")."""
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = DEFAULT_TARGETS
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+class _Active(threading.local):
+    head: str | None = None
+    key: jax.Array | None = None
+
+
+_ACTIVE = _Active()
+
+
+@contextlib.contextmanager
+def active(head: str | None, dropout_key: jax.Array | None = None):
+    """Makes `head`'s adapters active for the forward passes traced inside."""
+    if head is not None and head not in HEAD_TYPES:
+        raise ValueError(f"lora head {head!r}; choose from {HEADS}")
+    prev = (_ACTIVE.head, _ACTIVE.key)
+    _ACTIVE.head, _ACTIVE.key = head, dropout_key
+    try:
+        yield
+    finally:
+        _ACTIVE.head, _ACTIVE.key = prev
+
+
+def current() -> tuple[str | None, jax.Array | None]:
+    return _ACTIVE.head, _ACTIVE.key
+
+
+def dropout(x: jax.Array, rate: float, uid: int) -> jax.Array:
+    _, key = current()
+    if rate <= 0 or key is None:
+        return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, uid), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def add_lora(model: nnx.Module, head: str, spec: LoRASpec, *, seed: int = 0) -> list[str]:
+    """Attaches `head` adapters to every Linear / ExpertLinear whose path matches a target.
+    Returns the adapted module paths; raises if no module matched (a typo in targets)."""
+    from jaxdiff.model.layers import ExpertLinear, Linear
+
+    if head not in HEAD_TYPES:
+        raise ValueError(f"lora head {head!r}; choose from {HEADS}")
+    var_type = HEAD_TYPES[head]
+    patterns = [re.compile(t) for t in spec.targets]
+    key = jax.random.key(seed)
+    adapted = []
+    for uid, (path, module) in enumerate(nnx.iter_graph(model)):
+        if not isinstance(module, (Linear, ExpertLinear)):
+            continue
+        name = ".".join(str(p) for p in path)
+        if not any(p.search(name) for p in patterns):
+            continue
+        out_f, in_f = module.weight.shape[-2:]
+        out_axis, in_axis = module.weight.get_metadata()["axes"][-2:]
+        lead = module.weight.shape[:-2]          # (E,) for experts
+        lead_axes = module.weight.get_metadata()["axes"][:-2]
+        k = jax.random.fold_in(key, uid)
+        # A ~ Kaiming-uniform-like (as PEFT), B = 0.
+        bound = 1.0 / (in_f ** 0.5)
+        a = jax.random.uniform(k, (*lead, spec.rank, in_f), jnp.float32, -bound, bound)
+        setattr(module, f"lora_{head}_a", var_type(a, axes=(*lead_axes, ax.LORA_RANK, in_axis)))
+        setattr(module, f"lora_{head}_b", var_type(jnp.zeros((*lead, out_f, spec.rank), jnp.float32),
+                                                   axes=(*lead_axes, out_axis, ax.LORA_RANK)))
+        module.lora_config = {**getattr(module, "lora_config", {}), head: (spec.scale, spec.dropout, uid)}
+        adapted.append(name)
+    if not adapted:
+        raise ValueError(f"lora head {head!r}: no module matched targets {spec.targets}")
+    return adapted
+
+
+class LengthHead(nnx.Module):
+    """Answer-length bucket classifier on the mean-pooled final hidden state of the prompt:
+    logits [B, n_buckets] = W2 silu(W1 pooled). Bucket i covers lengths up to edges[i]."""
+
+    def __init__(self, dim: int, edges: tuple[int, ...], *, hidden: int = 256, seed: int = 0):
+        k1, k2 = jax.random.split(jax.random.key(seed))
+        self.edges = tuple(int(e) for e in edges)
+        self.w1 = LoRALength(jax.random.normal(k1, (hidden, dim), jnp.float32) * dim ** -0.5,
+                             axes=(None, ax.EMBED))
+        self.w2 = LoRALength(jnp.zeros((len(self.edges), hidden), jnp.float32), axes=(None, None))
+
+    def __call__(self, hidden: jax.Array, prompt_mask: jax.Array) -> jax.Array:
+        m = prompt_mask.astype(jnp.float32)[..., None]
+        pooled = jnp.sum(hidden.astype(jnp.float32) * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+        return jax.nn.silu(pooled @ self.w1[...].T) @ self.w2[...].T
+
+    def bucket(self, lengths: jax.Array) -> jax.Array:
+        """Bucket index of each length (lengths above the last edge fall in the last bucket)."""
+        idx = jnp.searchsorted(jnp.asarray(self.edges), lengths, side="left")
+        return jnp.minimum(idx, len(self.edges) - 1)
+
+    def length_of(self, bucket: jax.Array) -> jax.Array:
+        return jnp.asarray(self.edges)[bucket]
+
+
+def add_length_head(model: nnx.Module, edges: tuple[int, ...], *, hidden: int = 256, seed: int = 0) -> None:
+    model.length_head = LengthHead(model.config.hidden_size, edges, hidden=hidden, seed=seed)
