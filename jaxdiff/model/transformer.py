@@ -182,6 +182,19 @@ class Qwen3(nnx.Module):
             cache = cache.append(new_kv, rank, valid, positions, block_mode=attention == "block")
         return ForwardOutput(logits=out, hidden=x, router_logits=tuple(router), cache=cache)
 
+    def head_weight(self, dtype) -> jax.Array:
+        """The output head as W [V, D] (tied embedding or lm_head, FP8 dequantized, an active
+        LoRA head on lm_head merged in): what vocab-chunked losses multiply by."""
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.weight[...].astype(dtype)
+        w = self.lm_head.kernel(dtype)
+        head, _ = lora_lib.current()
+        if head is not None and head in getattr(self.lm_head, "lora_config", {}):
+            scale = self.lm_head.lora_config[head][0]
+            a, b = getattr(self.lm_head, f"lora_{head}_a")[...], getattr(self.lm_head, f"lora_{head}_b")[...]
+            w = w + (scale * b @ a).astype(dtype)
+        return w
+
     def head(self, x: jax.Array) -> jax.Array:
         """Final hidden states [..., D] -> float32 logits [..., V] (tied or untied head)."""
         if self.config.tie_word_embeddings:

@@ -1,0 +1,191 @@
+"""The jitted masked-diffusion train step over three LoRA heads on a frozen base.
+
+    train_step(frozen, trainable, opt_state, batch, key) -> (trainable, opt_state, metrics)
+
+batch: tokens [B, L] int32, valid [B, L] bool (real tokens), prompt_lengths [B] int32 (0 when
+there is no prompt). Per head (weights from the objective config; a zero weight skips the head):
+  diffusion  corrupt (mask / spans / random replace / stage-2 edits), bidirectional or block
+             attention with the diffusion adapters, masked loss (llada | mdlm | soft_ce)
+  ar         causal attention with the ar adapters, next-token CE on answer tokens
+  length     bidirectional pass over the prompt with the length adapters, mean-pool, CE on the
+             answer-length bucket
+A step whose loss or gradient is not finite is skipped: parameters and optimizer state stay.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdiff.diffusion import corrupt, losses
+from jaxdiff.model import lora as lora_lib
+from jaxdiff.diffusion.schedules import Schedule, clamp_mask_prob, sample_times
+from jaxdiff.train import state as state_lib
+from jaxdiff.train.optim import OptimConfig, build_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    schedule: Schedule = Schedule("linear")
+    time_eps: float = 1e-3
+    antithetic: bool = True
+    min_masking_rate: float = 0.0
+    reweight_cap: float | None = None
+    loss: str = "llada"
+    label_smoothing: float = 0.1
+    span_prob: float = 0.0
+    random_replace: float = 0.0
+    shorten_prob: float = 0.0          # LLaDA uses 0.01 in pretraining
+    stage2_step: int | None = None     # Seed-Diffusion: edits from this step on
+    edit_fraction: float = 0.1
+    edit_weight: float = 1.0
+    attention: str = "bidirectional"   # diffusion head: bidirectional | block
+    block_size: int = 32
+    sft: bool = False                  # prompts never noised; loss normalised by answer length
+    ar_weight: float = 0.0
+    diffusion_weight: float = 1.0
+    length_weight: float = 0.0
+    vocab_chunk: int = 8192
+
+    def __post_init__(self):
+        if self.loss not in losses.LOSSES:
+            raise ValueError(f"objective loss {self.loss!r}; choose from {losses.LOSSES}")
+        if self.attention not in ("bidirectional", "block"):
+            raise ValueError(f"objective attention {self.attention!r}; choose bidirectional or block")
+
+
+def _stats(model, hidden, targets, chunk, head):
+    b, l, d = hidden.shape
+    with lora_lib.active(head):
+        w = model.head_weight(hidden.dtype)
+    s = losses.token_stats_chunked(hidden.reshape(b * l, d), w, targets.reshape(-1), chunk=chunk)
+    return losses.TokenStats(*(x.reshape(b, l) for x in (s.nll, s.mean_nll, s.correct)))
+
+
+def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=None):
+    tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
+    cfg = model.config
+    if cfg.mask_token_id is None:
+        raise ValueError("the model has no mask token: call jaxdiff.model.mask_token.add_mask_token first")
+    k_t, k_shorten, k_mask, k_replace, k_edit = jax.random.split(key, 5)
+    b, l = tokens.shape
+    pos = jnp.arange(l)[None]
+    if obj.shorten_prob > 0 and not obj.sft:
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
+        tokens, valid = corrupt.random_shorten(k_shorten, tokens, valid, prob=obj.shorten_prob, pad_id=pad)
+    maskable = valid & (pos >= plen[:, None])
+    t = sample_times(k_t, b, eps=obj.time_eps, antithetic=obj.antithetic)
+    p = clamp_mask_prob(obj.schedule.mask_prob(t), obj.min_masking_rate)
+    noisy, masked = corrupt.corrupt_mask(k_mask, tokens, p, cfg.mask_token_id, maskable, span_prob=obj.span_prob)
+    if obj.random_replace > 0:
+        noisy = corrupt.random_replace(k_replace, noisy, masked, cfg.vocab_size, obj.random_replace)
+    edited = jnp.zeros_like(masked)
+    if obj.stage2_step is not None:
+        noisy_e, edited_e = corrupt.edit_corrupt(k_edit, noisy, tokens, masked, maskable, cfg.vocab_size,
+                                                 obj.edit_fraction)
+        stage2 = corrupt.stage_for_step(step, obj.stage2_step) == 2
+        noisy, edited = jnp.where(stage2, noisy_e, noisy), edited_e & stage2
+    out = model.forward(noisy, lora="diffusion", lora_dropout_key=dropout_key, attention=obj.attention,
+                        block_size=obj.block_size, prompt_lengths=plen, padding_mask=valid, logits=False)
+    stats = _stats(model, out.hidden, tokens, obj.vocab_chunk, "diffusion")
+    p_tok = jnp.broadcast_to(p[:, None], (b, l))
+    dp_tok = jnp.broadcast_to(obj.schedule.mask_prob_derivative(t)[:, None], (b, l))
+    answer = jnp.sum(maskable, axis=1) if obj.sft else None
+    loss = losses.diffusion_loss(stats, masked, p_tok, kind=obj.loss, dp_mask=dp_tok,
+                                 label_smoothing=obj.label_smoothing, answer_lengths=answer,
+                                 reweight_cap=obj.reweight_cap)
+    if obj.stage2_step is not None:
+        loss = loss + obj.edit_weight * jnp.sum(jnp.where(edited, stats.nll, 0.0)) / (b * l)
+    metrics = {"diffusion/loss": loss, "diffusion/masked_acc": losses.masked_accuracy(stats, masked),
+               "diffusion/mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(maskable), 1)}
+    return loss, metrics
+
+
+def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
+    tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
+    out = model.forward(tokens, lora="ar", lora_dropout_key=dropout_key, attention="causal",
+                        padding_mask=valid, logits=False)
+    stats = _stats(model, out.hidden[:, :-1], tokens[:, 1:], obj.vocab_chunk, "ar")
+    pos = jnp.arange(1, tokens.shape[1])[None]
+    target_mask = valid[:, 1:] & valid[:, :-1] & (pos >= plen[:, None])
+    loss = jnp.sum(jnp.where(target_mask, stats.nll, 0.0)) / jnp.maximum(jnp.sum(target_mask), 1)
+    return loss, {"ar/loss": loss, "ar/acc": losses.masked_accuracy(stats, target_mask)}
+
+
+def length_head(model, batch, dropout_key=None):
+    tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
+    pos = jnp.arange(tokens.shape[1])[None]
+    prompt = valid & (pos < plen[:, None])
+    out = model.forward(tokens, lora="length", lora_dropout_key=dropout_key, attention="bidirectional",
+                        padding_mask=prompt, logits=False)
+    logits = model.length_head(out.hidden, prompt)
+    target = model.length_head.bucket(jnp.sum(valid & ~prompt, axis=1))
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1)[:, 0]
+    loss = jnp.mean(nll)
+    return loss, {"length/loss": loss, "length/acc": jnp.mean(jnp.argmax(logits, -1) == target)}
+
+
+def loss_fn(trainable, frozen, graphdef, batch, key, step, obj: ObjectiveConfig, full_training: bool):
+    model = state_lib.merge(graphdef, frozen, trainable, full_training=full_training)
+    k_diff, k_drop = jax.random.split(key)
+    total, metrics = 0.0, {}
+    if obj.diffusion_weight:
+        loss, m = diffusion_head(model, batch, k_diff, step, obj, jax.random.fold_in(k_drop, 0))
+        total, metrics = total + obj.diffusion_weight * loss, {**metrics, **m}
+    if obj.ar_weight:
+        loss, m = ar_head(model, batch, obj, jax.random.fold_in(k_drop, 1))
+        total, metrics = total + obj.ar_weight * loss, {**metrics, **m}
+    if obj.length_weight:
+        loss, m = length_head(model, batch, jax.random.fold_in(k_drop, 2))
+        total, metrics = total + obj.length_weight * loss, {**metrics, **m}
+    metrics["loss"] = total
+    return total, metrics
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, obj: ObjectiveConfig, *,
+                    full_training: bool = False):
+    """The un-jitted step; `jit_train_step` adds shardings and donation."""
+
+    def train_step(frozen, trainable, opt_state, batch, key, step):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            trainable, frozen, graphdef, batch, key, step, obj, full_training)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        metrics = {**metrics, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32)}
+        return keep(new_trainable, trainable), keep(new_opt, opt_state), metrics
+
+    return train_step
+
+
+def jit_train_step(train_step, *, mesh=None, frozen=None, trainable=None, opt_state=None, rules=None,
+                   optimizer=None):
+    """jax.jit with explicit shardings from the logical rules (when a mesh is given) and donation
+    of the trainable state and optimizer state."""
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=(1, 2))
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jaxdiff.parallel import logical_to_spec
+
+    f_sh = state_lib.state_shardings(frozen, mesh, rules)
+    t_sh = state_lib.state_shardings(trainable, mesh, rules)
+    o_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_state, t_sh,
+                                 transform_non_params=lambda _: NamedSharding(mesh, P()),
+                                 is_leaf=lambda x: hasattr(x, "get_metadata"))
+    batch_spec = lambda nd: NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (nd - 1), None, mesh, rules))
+    b_sh = {"tokens": batch_spec(2), "valid": batch_spec(2), "prompt_lengths": batch_spec(1)}
+    rep = NamedSharding(mesh, P())
+    return jax.jit(train_step, in_shardings=(f_sh, t_sh, o_sh, b_sh, rep, rep),
+                   out_shardings=(t_sh, o_sh, rep), donate_argnums=(1, 2))
+
+
+def init_optimizer(optimizer, trainable):
+    return optimizer.init(trainable)
+
+
+__all__ = ["ObjectiveConfig", "OptimConfig", "build_optimizer", "jit_train_step", "make_train_step"]
