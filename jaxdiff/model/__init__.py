@@ -61,10 +61,14 @@ def param_shardings(model_or_cfg, mesh, rules=None) -> dict[str, jax.sharding.Na
 
 
 def place(model: nnx.Module, mesh, rules=None) -> None:
-    """Moves every base parameter onto `mesh` with its rule-given sharding (in place)."""
-    shardings = param_shardings(model, mesh, rules)
-    for k, var in _variables(model).items():
-        var.set_value(jax.device_put(var[...], shardings[k]))
+    """Moves every variable (base parameters and adapters) onto `mesh` with the sharding its
+    logical axes and the rules give (in place)."""
+    from jaxdiff.parallel import named_sharding
+
+    for var in _variables(model, nnx.Variable).values():
+        axes = var.get_metadata().get("axes")
+        if axes is not None:
+            var.set_value(jax.device_put(var[...], named_sharding(axes, var.shape, mesh, rules)))
 
 
 def set_params(model: nnx.Module, params: Mapping[str, jax.Array | np.ndarray], *, source: str = "params",

@@ -14,11 +14,9 @@ The same rule covers cached keys, so block decoding with a cache is exact.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from jaxdiff.model import rope
 from jaxdiff.model.config import ModelConfig
@@ -34,7 +32,7 @@ IMPLEMENTATIONS = ("reference", "chunked", "fused")
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Visibility:
     """Per-token attention structure: q_rank [B, Q], k_rank [B, S], k_valid [B, S]."""
 

@@ -84,10 +84,6 @@ class Decoder(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
 
-def _run_layer(layer, x, cos, sin, vis, bias, past, impl, chunk):
-    return layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=impl, chunk=chunk)
-
-
 def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | None,
                      prompt_lengths: jax.Array | None) -> jax.Array:
     """Visibility rank [B, L] of each token for an uncached call (see attention.py)."""
@@ -169,8 +165,14 @@ class Qwen3(nnx.Module):
         router = []
         for i, layer in enumerate(self.model.layers):
             past = None if cache is None else cache.layer(i)
-            call = nnx.remat(_run_layer, policy=self.remat_policy) if self.remat else _run_layer
-            x, kv, rl = call(layer, x, cos, sin, vis, bias, past, self.attention_impl, self.attention_chunk)
+            impl, chunk = self.attention_impl, self.attention_chunk
+
+            def run(layer, x, cos, sin, vis, bias, past):
+                return layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=impl, chunk=chunk)
+
+            if self.remat:
+                run = nnx.remat(run, policy=self.remat_policy)
+            x, kv, rl = run(layer, x, cos, sin, vis, bias, past)
             new_kv.append(kv)
             if rl is not None:
                 router.append(rl)

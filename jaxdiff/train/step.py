@@ -151,7 +151,7 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, obj: Obje
     def train_step(frozen, trainable, opt_state, batch, key, step):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             trainable, frozen, graphdef, batch, key, step, obj, full_training)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer.update(grads, opt_state, trainable)
         new_trainable = optax.apply_updates(trainable, updates)
@@ -162,30 +162,60 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, obj: Obje
     return train_step
 
 
-def jit_train_step(train_step, *, mesh=None, frozen=None, trainable=None, opt_state=None, rules=None,
-                   optimizer=None):
-    """jax.jit with explicit shardings from the logical rules (when a mesh is given) and donation
-    of the trainable state and optimizer state."""
-    if mesh is None:
-        return jax.jit(train_step, donate_argnums=(1, 2))
+def step_shardings(mesh, frozen, trainable, optimizer, rules=None):
+    """(frozen, trainable, optimizer state, batch) shardings from the logical rules. Optimizer
+    moments follow their parameter; counters are replicated."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from jaxdiff.parallel import logical_to_spec
 
+    rep = NamedSharding(mesh, P())
     f_sh = state_lib.state_shardings(frozen, mesh, rules)
     t_sh = state_lib.state_shardings(trainable, mesh, rules)
-    o_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_state, t_sh,
-                                 transform_non_params=lambda _: NamedSharding(mesh, P()),
-                                 is_leaf=lambda x: hasattr(x, "get_metadata"))
-    batch_spec = lambda nd: NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (nd - 1), None, mesh, rules))
-    b_sh = {"tokens": batch_spec(2), "valid": batch_spec(2), "prompt_lengths": batch_spec(1)}
-    rep = NamedSharding(mesh, P())
+    o_sh = _opt_state_shardings(jax.eval_shape(optimizer.init, trainable), trainable, t_sh, rep)
+    batch_axis = lambda nd: NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (nd - 1), None, mesh, rules))
+    b_sh = {"tokens": batch_axis(2), "valid": batch_axis(2), "prompt_lengths": batch_axis(1)}
+    return f_sh, t_sh, o_sh, b_sh
+
+
+def _names(path) -> tuple:
+    return tuple(getattr(p, "key", getattr(p, "idx", None)) for p in path
+                 if isinstance(p, (jax.tree_util.DictKey, jax.tree_util.SequenceKey)))
+
+
+def _opt_state_shardings(abstract_opt, trainable, t_sh, replicated):
+    """A moment (mu, nu, ...) of a parameter ends with that parameter's key path and has its shape:
+    give it the parameter's sharding; every other leaf (counts, factored stats) is replicated."""
+    by_path = {}
+    for (path, leaf), sh in zip(jax.tree_util.tree_leaves_with_path(trainable), jax.tree.leaves(t_sh)):
+        by_path[_names(path)] = (leaf.shape, sh)
+
+    def one(path, leaf):
+        names = _names(path)
+        for n in range(len(names), 0, -1):
+            hit = by_path.get(names[-n:])
+            if hit is not None and hit[0] == leaf.shape:
+                return hit[1]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(one, abstract_opt)
+
+
+def init_opt_state(optimizer, trainable, opt_sharding=None):
+    """Optimizer state, created directly with its sharding when one is given."""
+    return jax.jit(optimizer.init, out_shardings=opt_sharding)(trainable)
+
+
+def jit_train_step(train_step, *, shardings=None):
+    """jax.jit with explicit in/out shardings (`step_shardings(...)`, when given) and donation of
+    the trainable state and optimizer state."""
+    if shardings is None:
+        return jax.jit(train_step, donate_argnums=(1, 2))
+    f_sh, t_sh, o_sh, b_sh = shardings
+    rep = jax.sharding.NamedSharding(next(iter(jax.tree.leaves(b_sh))).mesh, jax.sharding.PartitionSpec())
     return jax.jit(train_step, in_shardings=(f_sh, t_sh, o_sh, b_sh, rep, rep),
                    out_shardings=(t_sh, o_sh, rep), donate_argnums=(1, 2))
 
 
-def init_optimizer(optimizer, trainable):
-    return optimizer.init(trainable)
-
-
-__all__ = ["ObjectiveConfig", "OptimConfig", "build_optimizer", "jit_train_step", "make_train_step"]
+__all__ = ["ObjectiveConfig", "OptimConfig", "build_optimizer", "init_opt_state", "jit_train_step",
+           "make_train_step", "step_shardings"]

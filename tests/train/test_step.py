@@ -1,0 +1,157 @@
+"""The train step: LoRA heads on a frozen base, optimizer state, sharded equality, overfitting."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxdiff.model import build_model, place
+from jaxdiff.model.lora import HEADS, LoRASpec, add_length_head, add_lora
+from jaxdiff.model.mask_token import add_mask_token
+from jaxdiff.parallel import make_mesh, use_mesh
+from jaxdiff.train import state as st
+from jaxdiff.train.optim import OptimConfig, build_optimizer, tree_bytes
+from jaxdiff.train.step import (ObjectiveConfig, init_opt_state, jit_train_step, loss_fn, make_train_step,
+                                 step_shardings)
+from tests.model import tiny
+
+EXPERT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", r"experts\.(gate|up|down)_proj")
+
+
+def _model(seed=0, targets=EXPERT_TARGETS, **cfg_kw):
+    m = build_model(tiny.moe(**cfg_kw), seed=seed)
+    add_mask_token(m, mask_token_id=255)
+    for h in HEADS:
+        add_lora(m, h, LoRASpec(rank=4, alpha=8, targets=targets), seed=seed + 1)
+    add_length_head(m, (8, 16, 24, 32), hidden=16)
+    return m
+
+
+def _batch(b=4, l=32, seed=0):
+    rs = np.random.RandomState(seed)
+    valid = np.ones((b, l), bool)
+    valid[0, -5:] = False
+    return {"tokens": jnp.asarray(rs.randint(0, 250, (b, l)), jnp.int32), "valid": jnp.asarray(valid),
+            "prompt_lengths": jnp.asarray(rs.randint(4, 12, b), jnp.int32)}
+
+
+def _randomize_b(model):
+    """Non-zero B so adapters matter (B = 0 at init makes every adapter a no-op)."""
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Any(*[t for t in __import__(
+            "jaxdiff.model.lora", fromlist=["HEAD_TYPES"]).HEAD_TYPES.values()]))):
+        if str(path[-1]).endswith("_b"):
+            var.set_value(jax.random.normal(jax.random.key(len(path)), var.shape) * 0.1)
+
+
+def test_zero_b_adapters_reproduce_the_base_exactly():
+    base = build_model(tiny.moe(), seed=3)
+    tokens = jnp.asarray(np.random.RandomState(0).randint(0, 256, (2, 12)))
+    ref = np.asarray(base(tokens, attention="bidirectional"))
+    for h in HEADS:
+        add_lora(base, h, LoRASpec(rank=4, targets=EXPERT_TARGETS))
+    for h in (None, *HEADS):
+        out = base.forward(tokens, lora=h, attention="bidirectional").logits
+        np.testing.assert_array_equal(np.asarray(out), ref)
+
+
+def test_frozen_is_bitwise_unchanged_and_only_the_trained_head_moves():
+    m = _model()
+    g, frozen, trainable = st.split(m)
+    frozen_before = jax.tree.map(np.array, frozen)
+    train_before = {k: np.array(v[...]) for k, v in nnx.to_flat_state(trainable)}
+    opt = build_optimizer(OptimConfig(lr=1e-2, warmup_steps=1), trainable)
+    step = jit_train_step(make_train_step(g, opt, ObjectiveConfig(diffusion_weight=1.0)))
+    opt_state = opt.init(trainable)
+    for i in range(3):
+        trainable, opt_state, metrics = step(frozen, trainable, opt_state, _batch(seed=i), jax.random.key(i), i)
+    assert int(metrics["skipped"]) == 0
+    jax.tree.map(np.testing.assert_array_equal, frozen_before, jax.tree.map(np.array, frozen))
+    moved = {k for k, v in nnx.to_flat_state(trainable) if not np.array_equal(np.asarray(v[...]), train_before[k])}
+    keys = lambda s: {k for k in train_before if s in ".".join(map(str, k))}
+    assert moved, "nothing trained"
+    assert moved <= keys("lora_diffusion"), f"non-diffusion leaves moved: {sorted(moved - keys('lora_diffusion'))[:3]}"
+    assert any("experts" in ".".join(map(str, k)) for k in moved)  # per-expert adapters train too
+
+
+def test_optimizer_state_is_about_twice_the_trainable_bytes():
+    m = _model()
+    _, frozen, trainable = st.split(m)
+    opt = build_optimizer(OptimConfig(name="adamw"), trainable)
+    ratio = tree_bytes(opt.init(trainable)) / tree_bytes(trainable)
+    assert 1.99 < ratio < 2.01, ratio
+    assert tree_bytes(opt.init(trainable)) < tree_bytes(frozen)
+
+
+@pytest.mark.parametrize("layout", [{"data": 2, "fsdp": 2, "expert": 2}, {"fsdp": 2, "tensor": 2, "expert": 2}],
+                         ids=["data2xfsdp2xexpert2", "fsdp2xtensor2xexpert2"])
+def test_sharded_loss_and_grads_equal_single_device(layout):
+    obj = ObjectiveConfig(ar_weight=0.5, diffusion_weight=1.0, length_weight=0.3, sft=True, vocab_chunk=96)
+    batch, key = _batch(b=8), jax.random.key(7)
+
+    def grads_of(model):
+        g, frozen, trainable = st.split(model)
+        f = jax.jit(jax.value_and_grad(lambda t, fr, b, k: loss_fn(t, fr, g, b, k, 0, obj, False)[0]))
+        return f(trainable, frozen, batch, key)
+
+    m1 = _model(seed=4)
+    _randomize_b(m1)
+    loss1, grads1 = grads_of(m1)
+    mesh = make_mesh(layout)
+    m2 = _model(seed=4)
+    _randomize_b(m2)
+    with use_mesh(mesh):
+        place(m2, mesh)
+        loss2, grads2 = grads_of(m2)
+    np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), grads2, grads1)
+
+
+def test_sharded_jitted_step_runs_with_explicit_shardings():
+    mesh = make_mesh({"data": 2, "expert": 4})
+    m = _model()
+    with use_mesh(mesh):
+        place(m, mesh)
+        g, frozen, trainable = st.split(m)
+        opt = build_optimizer(OptimConfig(), trainable)
+        shardings = step_shardings(mesh, frozen, trainable, opt)
+        opt_state = init_opt_state(opt, trainable, shardings[2])
+        step = jit_train_step(make_train_step(g, opt, ObjectiveConfig()), shardings=shardings)
+        batch = jax.device_put(_batch(b=8), shardings[3])
+        trainable, opt_state, metrics = step(frozen, trainable, opt_state, batch, jax.random.key(0), 0)
+    assert np.isfinite(float(metrics["loss"]))
+    lora_b = nnx.to_flat_state(trainable)
+    expert_b = [v for k, v in lora_b if "experts" in ".".join(map(str, k))][0]
+    assert len(expert_b.sharding.device_set) == 8
+
+
+def test_non_finite_step_is_skipped():
+    m = _model()
+    g, frozen, trainable = st.split(m)
+    leaf = nnx.to_flat_state(trainable)[0][1]
+    leaf.set_value(leaf[...].at[0].set(jnp.nan))
+    before = jax.tree.map(np.array, trainable)
+    opt = build_optimizer(OptimConfig(), trainable)
+    step = jit_train_step(make_train_step(g, opt, ObjectiveConfig(length_weight=1.0, sft=True)))
+    trainable, _, metrics = step(frozen, trainable, opt.init(trainable), _batch(), jax.random.key(0), 0)
+    assert int(metrics["skipped"]) == 1
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), trainable, before)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_full_training_overfits_a_small_batch(remat):
+    m = build_model(tiny.dense(num_hidden_layers=2, hidden_size=64), seed=0)
+    add_mask_token(m, mask_token_id=255)
+    m.remat = remat
+    g, frozen, trainable = st.split(m, full_training=True)
+    opt = build_optimizer(OptimConfig(lr=3e-3, warmup_steps=20, total_steps=300, clip_norm=1.0), trainable)
+    obj = ObjectiveConfig(antithetic=True)
+    step = jit_train_step(make_train_step(g, opt, obj, full_training=True))
+    opt_state = opt.init(trainable)
+    batch = _batch(b=4, l=24)
+    eval_key = jax.random.key(123)
+    eval_loss = jax.jit(lambda t: loss_fn(t, frozen, g, batch, eval_key, 0, obj, True)[0])
+    first = float(eval_loss(trainable))
+    for i in range(300):
+        trainable, opt_state, _ = step(frozen, trainable, opt_state, batch, jax.random.fold_in(jax.random.key(1), i), i)
+    last = float(eval_loss(trainable))
+    assert last < 0.1 * first, (first, last)
