@@ -47,7 +47,7 @@ class ObjectiveConfig:
     ar_weight: float = 0.0
     diffusion_weight: float = 1.0
     length_weight: float = 0.0
-    vocab_chunk: int = 8192
+    vocab_chunk: int = 8192             # [tokens, chunk] float32 logits at a time
 
     def __post_init__(self):
         if self.loss not in losses.LOSSES:
