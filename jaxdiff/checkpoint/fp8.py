@@ -1,0 +1,39 @@
+"""Block-FP8 (e4m3) weights with one float32 `weight_scale_inv` per block, as in the Qwen3 / DeepSeek-V3
+FP8 releases: dequantized = fp8.astype(f32) * scale_inv over each [bo, bi] block (edge blocks ragged)."""
+from __future__ import annotations
+
+import math
+
+import ml_dtypes
+import numpy as np
+
+E4M3 = np.dtype(ml_dtypes.float8_e4m3fn)
+E4M3_MAX = 448.0
+
+
+def _expand(scale: np.ndarray, shape: tuple[int, ...], block: tuple[int, int]) -> np.ndarray:
+    bo, bi = block
+    s = np.repeat(np.repeat(scale.astype(np.float32), bo, axis=-2), bi, axis=-1)
+    return s[..., :shape[-2], :shape[-1]]
+
+
+def scale_shape(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, ...]:
+    return (*shape[:-2], math.ceil(shape[-2] / block[0]), math.ceil(shape[-1] / block[1]))
+
+
+def quantize(w: np.ndarray, block: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray]:
+    """w [..., O, I] -> (e4m3 [..., O, I], scale_inv float32 [..., ceil(O/bo), ceil(I/bi)])."""
+    w = np.asarray(w, np.float32)
+    bo, bi = block
+    o, i = w.shape[-2:]
+    po, pi = (-o) % bo, (-i) % bi
+    padded = np.pad(w, [(0, 0)] * (w.ndim - 2) + [(0, po), (0, pi)])
+    blocks = padded.reshape(*w.shape[:-2], (o + po) // bo, bo, (i + pi) // bi, bi)
+    amax = np.abs(blocks).max(axis=(-3, -1))
+    scale = np.where(amax > 0, amax / E4M3_MAX, 1.0).astype(np.float32)
+    q = (w / _expand(scale, w.shape, block)).astype(E4M3)
+    return q, scale
+
+
+def dequantize(q: np.ndarray, scale_inv: np.ndarray, block: tuple[int, int], dtype=np.float32) -> np.ndarray:
+    return (np.asarray(q).astype(np.float32) * _expand(np.asarray(scale_inv), q.shape, block)).astype(dtype)
