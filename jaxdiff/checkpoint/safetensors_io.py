@@ -135,3 +135,27 @@ class SafetensorsFolder:
         if ref.nbytes == 0:
             return np.zeros(ref.shape, ref.dtype)
         return np.memmap(ref.file, dtype=ref.dtype, mode="r", offset=ref.offset, shape=ref.shape)
+
+
+def write_file(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> int:
+    """Writes one safetensors file (tensors in the given order); returns the bytes of tensor data.
+    Streams tensor by tensor, so memory-mapped inputs are never all resident at once."""
+    header: dict = {}
+    offset = 0
+    for name, arr in tensors.items():
+        dt = np.dtype(arr.dtype)
+        if dt not in DTYPE_NAMES:
+            raise CheckpointError(f"{path}: tensor '{name}' has dtype {dt} that safetensors cannot store")
+        n = int(arr.size) * dt.itemsize
+        header[name] = {"dtype": DTYPE_NAMES[dt], "shape": list(arr.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * ((-len(raw)) % 8)  # data section 8-byte aligned, as the reference writer does
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for arr in tensors.values():
+            f.write(np.ascontiguousarray(arr).tobytes())
+    return offset

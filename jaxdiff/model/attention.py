@@ -90,14 +90,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, bias: j
 class Attention(nnx.Module):
     """Qwen3 self-attention: q/k/v/o projections, per-head RMSNorm on q and k, RoPE, GQA."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, fp8: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, rngs: nnx.Rngs):
+        """fp8_block(name) -> block size or None for the projection `name`."""
         d, n, kv, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        blk = cfg.fp8_block_size if fp8 else None
         self.num_heads, self.num_kv_heads, self.head_dim = n, kv, h
-        self.q_proj = Linear(d, n * h, axes=(ax.Q_HEADS, ax.EMBED), dtype=dtype, fp8_block=blk, rngs=rngs)
-        self.k_proj = Linear(d, kv * h, axes=(ax.KV_HEADS, ax.EMBED), dtype=dtype, fp8_block=blk, rngs=rngs)
-        self.v_proj = Linear(d, kv * h, axes=(ax.KV_HEADS, ax.EMBED), dtype=dtype, fp8_block=blk, rngs=rngs)
-        self.o_proj = Linear(n * h, d, axes=(ax.EMBED, ax.Q_HEADS), dtype=dtype, fp8_block=blk, rngs=rngs)
+        lin = lambda i, o, axes, name: Linear(i, o, axes=axes, dtype=dtype, fp8_block=fp8_block(name), rngs=rngs)
+        self.q_proj = lin(d, n * h, (ax.Q_HEADS, ax.EMBED), "q_proj")
+        self.k_proj = lin(d, kv * h, (ax.KV_HEADS, ax.EMBED), "k_proj")
+        self.v_proj = lin(d, kv * h, (ax.KV_HEADS, ax.EMBED), "v_proj")
+        self.o_proj = lin(n * h, d, (ax.EMBED, ax.Q_HEADS), "o_proj")
         self.q_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, axes=(ax.HEAD_DIM,))
         self.k_norm = RMSNorm(h, eps=cfg.rms_norm_eps, dtype=dtype, axes=(ax.HEAD_DIM,))
 

@@ -33,7 +33,12 @@ class ForwardOutput:
 
 
 def _is_fp8(cfg: ModelConfig, module_name: str) -> bool:
-    return cfg.fp8_block_size is not None and not any(s in module_name for s in cfg.fp8_skip_modules)
+    """Whether a module's weights are block-FP8: the config has FP8 and no `modules_to_not_convert`
+    entry names this module or one of its parents (matched on whole dotted components)."""
+    if cfg.fp8_block_size is None:
+        return False
+    padded = f".{module_name}."
+    return not any(f".{s.strip('.')}." in padded for s in cfg.fp8_skip_modules)
 
 
 class MLP(nnx.Module):
@@ -57,7 +62,8 @@ class DecoderLayer(nnx.Module):
         self.is_moe = cfg.layer_is_moe(idx)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
-        self.self_attn = Attention(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.self_attn"), rngs=rngs)
+        attn_blk = lambda n: cfg.fp8_block_size if _is_fp8(cfg, f"{prefix}.self_attn.{n}") else None
+        self.self_attn = Attention(cfg, dtype=dtype, fp8_block=attn_blk, rngs=rngs)
         if self.is_moe:
             self.mlp = SparseMoeBlock(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.mlp.experts"), rngs=rngs)
         else:
