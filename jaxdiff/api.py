@@ -27,7 +27,11 @@ def load_model(path: str | os.PathLike, dtype=None, mesh=None, rules=None) -> mo
     """
     from jaxdiff.checkpoint import load_params  # import here: checkpoint imports the model package
 
+    from jaxdiff.checkpoint import CheckpointError
+
     path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such checkpoint folder")
     cfg = model_lib.ModelConfig.from_hf(path)
     if dtype is not None:
         dtype = jnp.dtype(dtype)
