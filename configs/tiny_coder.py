@@ -49,7 +49,7 @@ def get_runlocal_config():
     c.model.init.intermediate_size, c.model.init.moe_intermediate_size, c.model.init.num_experts = 128, 64, 4
     c.tokenizer.vocab_size = 512
     c.tokenizer.train_files = 40
-    c.data.seq_len, c.data.batch_size = 64, 4
+    c.data.seq_len, c.data.batch_size = 64, 8
     c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.eval_batches = 6, 3, 3, 2
     c.optimizer.total_steps, c.optimizer.warmup_steps = 6, 1
     c.sample.gen_length, c.sample.block_length, c.sample.steps = 8, 4, 4

@@ -121,6 +121,11 @@ def build(c) -> Run:
     workdir = os.path.abspath(c.workdir)
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh(dict(c.mesh))
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if c.data.batch_size % batch_ways:
+        raise cfg_lib.ConfigValueError(
+            f"config.data.batch_size={c.data.batch_size} is not divisible by the batch-sharded mesh axes "
+            f"data x fsdp x expert = {batch_ways} (config.mesh={dict(c.mesh)}, {jax.device_count()} devices)")
     tokenizer = _tokenizer(c, workdir)
     full = c.lora.full_training
     obj = cfg_lib.objective(c)
