@@ -22,6 +22,8 @@ class DataConfig:
     batch_size: int = 8           # global, over all processes
     eval_permille: int = 20       # documents held out (by name hash)
     seed: int = 0
+    shuffle_window: int = 1024    # packed rows shuffled together (rows of one long file would
+                                  # otherwise fill whole batches)
 
 
 def _process_slice(ds, process_index: int, process_count: int):
@@ -66,6 +68,8 @@ def pretrain_dataset(items: list, tokenizer, cfg: DataConfig, *, train: bool, pr
         ds = ds.shuffle(seed=cfg.seed).repeat()
     ds = _process_slice(ds, process_index, process_count).map(encode).to_iter_dataset()
     ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": cfg.seq_len})
+    if train and cfg.shuffle_window > 1:
+        ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=cfg.shuffle_window, seed=cfg.seed)
     local = local_batch_size(cfg.batch_size, process_count)
     return ds.map(_rows_from_packed).batch(local, drop_remainder=train)
 
