@@ -21,9 +21,11 @@ def scale_shape(shape: tuple[int, ...], block: tuple[int, int]) -> tuple[int, ..
     return (*shape[:-2], math.ceil(shape[-2] / block[0]), math.ceil(shape[-1] / block[1]))
 
 
-def quantize(w: np.ndarray, block: tuple[int, int] = (128, 128)) -> tuple[np.ndarray, np.ndarray]:
-    """w [..., O, I] -> (e4m3 [..., O, I], scale_inv float32 [..., ceil(O/bo), ceil(I/bi)]).
-    Each block's scale is amax / 448, so the block's largest element maps to e4m3's largest."""
+def quantize(w: np.ndarray, block: tuple[int, int] = (128, 128), scale_dtype=np.float32
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """w [..., O, I] -> (e4m3 [..., O, I], scale_inv [..., ceil(O/bo), ceil(I/bi)] in scale_dtype).
+    Each block's scale is amax / 448, so the block's largest element maps to e4m3's largest. A
+    narrower scale_dtype (bfloat16) is rounded up, so no element lands beyond 448."""
     w = np.asarray(w, np.float32)
     bo, bi = block
     o, i = w.shape[-2:]
@@ -32,8 +34,13 @@ def quantize(w: np.ndarray, block: tuple[int, int] = (128, 128)) -> tuple[np.nda
     blocks = padded.reshape(*w.shape[:-2], (o + po) // bo, bo, (i + pi) // bi, bi)
     amax = np.abs(blocks).max(axis=(-3, -1))
     scale = np.where(amax > 0, amax / E4M3_MAX, 1.0).astype(np.float32)
+    if np.dtype(scale_dtype) != np.float32:
+        narrow = scale.astype(scale_dtype)
+        low = narrow.astype(np.float32) < scale
+        narrow[low] = np.nextafter(narrow[low], np.array(np.inf, scale_dtype))
+        scale = narrow
     # amax / (amax / 448) can round a hair above 448; e4m3fn has no inf, so clip before the cast.
-    q = np.clip(w / _expand(scale, w.shape, block), -E4M3_MAX, E4M3_MAX).astype(E4M3)
+    q = np.clip(w / _expand(scale.astype(np.float32), w.shape, block), -E4M3_MAX, E4M3_MAX).astype(E4M3)
     return q, scale
 
 
