@@ -123,6 +123,7 @@ def add_lora(model: nnx.Module, head: str, spec: LoRASpec, *, seed: int = 0) -> 
         adapted.append(name)
     if not adapted:
         raise ValueError(f"lora head {head!r}: no module matched targets {spec.targets}")
+    model.lora_heads = tuple(sorted(set(getattr(model, "lora_heads", ())) | {head}))
     return adapted
 
 

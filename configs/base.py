@@ -1,0 +1,65 @@
+"""Defaults shared by every training config; each field is documented in docs/configs.md."""
+import ml_collections
+
+from jaxdiff.model.config import ModelConfig
+
+
+def model_init(**kw) -> ml_collections.ConfigDict:
+    """Architecture of a from-scratch model (ModelConfig fields; vocab comes from the tokenizer)."""
+    d = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=64, num_experts=0, num_experts_per_tok=0, moe_intermediate_size=0,
+             norm_topk_prob=False, decoder_sparse_step=1, rms_norm_eps=1e-6, rope_theta=10000.0,
+             tie_word_embeddings=False, max_position_embeddings=4096)
+    d.update(kw)
+    return ml_collections.ConfigDict(d)
+
+
+def lora_head(rank=16, alpha=32.0, dropout=0.0, targets=("q_proj", "k_proj", "v_proj", "o_proj")):
+    return ml_collections.ConfigDict(dict(rank=rank, alpha=alpha, dropout=dropout, targets=",".join(targets)))
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.workdir = "runs/default"
+    c.seed = 0
+    c.model = ml_collections.ConfigDict(dict(
+        checkpoint="",            # HF folder or converted checkpoint; "" = from scratch (model.init)
+        dtype="float32",          # params/activations of a from-scratch model; "" keeps a checkpoint's own
+        init=model_init(),
+        attention_impl="chunked", # reference | chunked | fused
+        remat=False))
+    c.tokenizer = ml_collections.ConfigDict(dict(
+        path="",                  # "" = the checkpoint folder's tokenizer, or train a BPE (from scratch)
+        vocab_size=4096,          # for a trained BPE
+        train_files=300))         # documents the BPE is trained on
+    c.mask_token = ml_collections.ConfigDict(dict(trainable=False))
+    c.lora = ml_collections.ConfigDict(dict(
+        full_training=False,      # True: every parameter trains (from scratch); False: adapters only
+        ar=lora_head(), diffusion=lora_head(), length=lora_head(rank=8, alpha=16.0)))
+    c.length_head = ml_collections.ConfigDict(dict(edges="32,64,128,256,512,1024", hidden=256))
+    c.objective = ml_collections.ConfigDict(dict(
+        schedule="linear", schedule_exponent=2.0, time_eps=1e-3, antithetic=True, min_masking_rate=0.0,
+        reweight_cap=0.0, loss="llada", label_smoothing=0.1, span_prob=0.0, random_replace=0.0,
+        shorten_prob=0.0, stage2_step=-1, edit_fraction=0.1, edit_weight=1.0, attention="bidirectional",
+        block_size=32, sft=False, ar_weight=0.0, diffusion_weight=1.0, length_weight=0.0, vocab_chunk=8192))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", lr=1e-4, warmup_steps=100, total_steps=10000, decay="cosine", end_lr_ratio=0.1, b1=0.9,
+        b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0, grad_accum=1))
+    c.data = ml_collections.ConfigDict(dict(kind="code", path="", text_field="", seq_len=256, batch_size=8,
+                                            eval_permille=20, seed=0))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000, log_every=10, eval_every=200, eval_batches=8, checkpoint_every=200, keep=3,
+        resume_step=-1,           # -1: latest valid checkpoint; N: that step
+        peak_tflops=0.0))         # per device, for the MFU estimate (0: not logged)
+    c.sample = ml_collections.ConfigDict(dict(prompt="def main():\n", gen_length=64, block_length=32, steps=64,
+                                              policy="low_confidence", temperature=0.0))
+    return c
+
+
+def model_config(init: ml_collections.ConfigDict, vocab_size: int, eos: int | None, pad: int | None) -> ModelConfig:
+    from jaxdiff.model.config import RopeConfig
+
+    d = dict(init)
+    theta = d.pop("rope_theta")
+    return ModelConfig(vocab_size=vocab_size, rope=RopeConfig(theta=theta), eos_token_id=eos, pad_token_id=pad, **d)

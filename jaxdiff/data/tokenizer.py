@@ -1,0 +1,41 @@
+"""Tokenizers: the HF tokenizer of a checkpoint folder, or a byte-level BPE trained from scratch
+(for models trained from scratch) with the special tokens jaxdiff needs."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+EOS, PAD, MASK, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|mask|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (EOS, PAD, MASK, IM_START, IM_END)
+# ChatML, as Qwen uses it.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str):
+    """Trains a byte-level BPE on `texts` and saves it (HF format) to out_dir; returns it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD,
+                                   additional_special_tokens=[MASK, IM_START, IM_END])
+    fast.chat_template = CHAT_TEMPLATE
+    os.makedirs(out_dir, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:  # transformers raises several types for a folder without a tokenizer
+        raise ValueError(f"{path}: no usable tokenizer ({type(e).__name__}: {e})") from None

@@ -1,0 +1,305 @@
+"""The training loop: config -> mesh, model, data, jitted step; orbax checkpoints with exact resume;
+held-out evaluation; tensorboard; SIGTERM/SIGINT -> save, then exit.
+
+A checkpoint at step N holds what N completed steps produced: the trainable tree, the optimizer
+state, the data iterator position and the config. The frozen base is never copied into it (it is
+restored from `model.checkpoint`); in full training everything is trainable and saved.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import time
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from jaxdiff.data import pipeline, sources
+from jaxdiff.data import tokenizer as tok_lib
+from jaxdiff.model import build_model, place
+from jaxdiff.model.lora import HEADS, add_length_head, add_lora
+from jaxdiff.model.mask_token import MASK_TOKEN, add_mask_token
+from jaxdiff.parallel import make_mesh, use_mesh
+from jaxdiff.train import config as cfg_lib
+from jaxdiff.train import state as st
+from jaxdiff.train.optim import build_optimizer, schedule
+from jaxdiff.train.step import (init_opt_state, jit_train_step, loss_fn, make_train_step, step_shardings)
+
+log = logging.getLogger("jaxdiff.train")
+
+
+@dataclasses.dataclass
+class Run:
+    config: object
+    mesh: object
+    tokenizer: object
+    model: object
+    graphdef: object
+    frozen: object
+    trainable: object
+    opt_state: object
+    optimizer: object
+    shardings: tuple
+    step_fn: object
+    eval_fn: object
+    train_iter: object
+    eval_ds: object
+    manager: ocp.CheckpointManager
+    step: int = 0
+
+
+# ----------------------------------------------------------------------------- building
+def _tokenizer(c, workdir):
+    if c.tokenizer.path:
+        return tok_lib.load_tokenizer(c.tokenizer.path)
+    if c.model.checkpoint:
+        return tok_lib.load_tokenizer(c.model.checkpoint)
+    path = os.path.join(workdir, "tokenizer")
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+        return tok_lib.load_tokenizer(path)
+    if c.data.kind != "code":
+        raise cfg_lib.ConfigValueError("config.tokenizer.path is required unless data.kind == 'code' "
+                                       "(a BPE is trained on the code corpus)")
+    files = sources.code_files(c.data.path or None)
+    step = max(len(files) // c.tokenizer.train_files, 1)
+    return tok_lib.train_bpe((sources.read_file(p) for p in files[::step]), c.tokenizer.vocab_size, path)
+
+
+def _model(c, tokenizer, mesh):
+    if c.model.checkpoint:
+        import jaxdiff
+        model = jaxdiff.load_model(c.model.checkpoint, dtype=c.model.dtype or None, mesh=mesh)
+    else:
+        from configs.base import model_config
+        vocab = -(-len(tokenizer) // 64) * 64   # spare rows, as Qwen3's embedding has
+        mcfg = model_config(c.model.init, vocab, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        model = build_model(mcfg, dtype=jnp.dtype(c.model.dtype or "float32"), seed=c.seed)
+    model.attention_impl, model.remat = c.model.attention_impl, c.model.remat
+    add_mask_token(model, tokenizer=tokenizer, trainable=c.mask_token.trainable)
+    if not c.lora.full_training:
+        for h in HEADS:
+            weight = {"ar": c.objective.ar_weight, "diffusion": c.objective.diffusion_weight,
+                      "length": c.objective.length_weight}[h]
+            if weight:
+                add_lora(model, h, cfg_lib.lora_spec(c, h), seed=c.seed)
+    if c.objective.length_weight:
+        add_length_head(model, cfg_lib.length_edges(c), hidden=c.length_head.hidden, seed=c.seed)
+    place(model, mesh)
+    return model
+
+
+def _data(c, tokenizer):
+    dcfg = pipeline.DataConfig(**dict(c.data))
+    pi, pc = jax.process_index(), jax.process_count()
+    if c.data.kind == "sft":
+        convs, report = sources.conversations(c.data.path)
+        log.warning(report.summary(len(convs) + report.bad))
+        held = [sources.is_heldout(str(i), dcfg.eval_permille) for i in range(len(convs))]
+        rows = pipeline.sft_rows(convs, tokenizer, dcfg.seq_len)
+        train = pipeline.sft_dataset([r for r, h in zip(rows, held) if not h], dcfg, train=True,
+                                     process_index=pi, process_count=pc)
+        evals = pipeline.sft_dataset([r for r, h in zip(rows, held) if h] or rows[:1], dcfg, train=False,
+                                     process_index=pi, process_count=pc)
+        return train, evals
+    train_items, heldout, report = pipeline.pretrain_documents(dcfg)
+    for line in report:
+        log.warning(line)
+    return (pipeline.pretrain_dataset(train_items, tokenizer, dcfg, train=True, process_index=pi, process_count=pc),
+            pipeline.pretrain_dataset(heldout or train_items[:1], tokenizer, dcfg, train=False,
+                                      process_index=pi, process_count=pc))
+
+
+def build(c) -> Run:
+    cfg_lib.validate(c)
+    workdir = os.path.abspath(c.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh(dict(c.mesh))
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if c.data.batch_size % batch_ways:
+        raise cfg_lib.ConfigValueError(
+            f"config.data.batch_size={c.data.batch_size} is not divisible by the batch-sharded mesh axes "
+            f"data x fsdp x expert = {batch_ways} (config.mesh={dict(c.mesh)}, {jax.device_count()} devices)")
+    tokenizer = _tokenizer(c, workdir)
+    full = c.lora.full_training
+    obj = cfg_lib.objective(c)
+    with use_mesh(mesh):
+        model = _model(c, tokenizer, mesh)
+        graphdef, frozen, trainable = st.split(model, full_training=full)
+        optimizer = build_optimizer(cfg_lib.optimizer(c), trainable)
+        shardings = step_shardings(mesh, frozen, trainable, optimizer)
+        opt_state = init_opt_state(optimizer, trainable, shardings[2])
+        step_fn = jit_train_step(make_train_step(graphdef, optimizer, obj, full_training=full), shardings=shardings)
+        eval_fn = jax.jit(lambda tr, fr, batch, key: loss_fn(tr, fr, graphdef, batch, key, 0, obj, full)[1])
+    train_ds, eval_ds = _data(c, tokenizer)
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep, enable_async_checkpointing=True),
+        item_names=("trainable", "opt_state", "data", "meta"))
+    return Run(c, mesh, tokenizer, model, graphdef, frozen, trainable, opt_state, optimizer, shardings, step_fn,
+               eval_fn, iter(train_ds), eval_ds, manager)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save(run: Run, *, force: bool = False) -> None:
+    run.manager.save(run.step, force=force, args=ocp.args.Composite(
+        trainable=ocp.args.StandardSave(nnx.to_pure_dict(run.trainable)),
+        opt_state=ocp.args.StandardSave(run.opt_state),
+        data=grain.checkpoint.CheckpointSave(run.train_iter),
+        meta=ocp.args.JsonSave({"step": run.step, "config": run.config.to_json()})))
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def restore(run: Run, step: int | None = None) -> bool:
+    """Restores `step` (or the newest readable checkpoint). A damaged checkpoint is reported and
+    the previous one used. Returns whether anything was restored."""
+    steps = sorted(run.manager.all_steps(), reverse=True)
+    if step is not None:
+        if step not in steps:
+            raise ValueError(f"config.train.resume_step={step}: no such checkpoint (have {sorted(steps)})")
+        steps = [step]
+    for s in steps:
+        try:
+            out = run.manager.restore(s, args=ocp.args.Composite(
+                trainable=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(run.trainable))),
+                opt_state=ocp.args.StandardRestore(_abstract(run.opt_state)),
+                data=grain.checkpoint.CheckpointRestore(run.train_iter),
+                meta=ocp.args.JsonRestore()))
+        except Exception as e:  # orbax raises many types for damaged files
+            log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one", s,
+                        run.manager.directory, type(e).__name__, str(e)[:200])
+            continue
+        nnx.replace_by_pure_dict(run.trainable, out["trainable"])
+        run.opt_state = out["opt_state"]
+        run.step = int(out["meta"]["step"])
+        return True
+    if steps:
+        log.warning("no readable checkpoint in %s; starting from scratch", run.manager.directory)
+    return False
+
+
+# ----------------------------------------------------------------------------- eval / logging
+def evaluate(run: Run) -> dict:
+    c = run.config
+    totals, n = {}, 0
+    key = jax.random.key(c.seed + 1)     # the same masks every evaluation
+    for i, batch in enumerate(iter(run.eval_ds)):
+        if i >= c.train.eval_batches:
+            break
+        if batch["tokens"].shape[0] * jax.process_count() != c.data.batch_size:
+            break
+        m = run.eval_fn(run.trainable, run.frozen, pipeline.to_global(batch, run.shardings[3]), jax.random.fold_in(key, i))
+        for k, v in jax.device_get(m).items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+        n += 1
+    return {k: v / n for k, v in totals.items()} if n else {}
+
+
+def _flops_per_token(run: Run) -> float:
+    cfg = run.model.config
+    active = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.frozen))
+    if cfg.is_moe:  # only top-k of E experts run per token
+        per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
+        n_moe = sum(cfg.layer_is_moe(i) for i in range(cfg.num_hidden_layers))
+        active -= n_moe * per_expert * (cfg.num_experts - cfg.num_experts_per_tok)
+    active += sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.trainable)) if run.config.lora.full_training else 0
+    return 6.0 * active if run.config.lora.full_training else 4.0 * active
+
+
+def sample_text(run: Run) -> str:
+    from jaxdiff.sample.generate import generate
+
+    s = run.config.sample
+    ids = run.tokenizer(s.prompt, add_special_tokens=False)["input_ids"]
+    model = st.merge(run.graphdef, run.frozen, run.trainable, full_training=run.config.lora.full_training)
+    out, _ = generate(model, jnp.asarray([ids], jnp.int32), gen_length=s.gen_length, block_length=s.block_length,
+                      steps=s.steps, policy=s.policy, temperature=s.temperature, key=jax.random.key(run.config.seed))
+    gen = [t for t in np.asarray(out[0, len(ids):]).tolist()]
+    eos = run.tokenizer.eos_token_id
+    gen = gen[:gen.index(eos)] if eos in gen else gen
+    return s.prompt + run.tokenizer.decode(gen)
+
+
+# ----------------------------------------------------------------------------- the loop
+class _Stop:
+    def __init__(self):
+        self.requested = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(c, *, progress: bool = True) -> dict:
+    """Runs (or resumes) training to config.train.steps; returns the final metrics."""
+    from tensorboardX import SummaryWriter
+    from tqdm import tqdm
+
+    run = build(c)
+    resumed = restore(run, None if c.train.resume_step < 0 else c.train.resume_step)
+    if resumed:
+        log.warning("resumed from step %d", run.step)
+    writer = SummaryWriter(os.path.join(os.path.abspath(c.workdir), "tb")) if jax.process_index() == 0 else None
+    lr = schedule(cfg_lib.optimizer(c))
+    tokens_per_step = c.data.batch_size * c.data.seq_len
+    flops_tok = _flops_per_token(run)
+    base_key = jax.random.key(c.seed)
+    history, final, stopped = [], {}, None
+    last_t, last_step = time.perf_counter(), run.step
+    with _Stop() as stop, use_mesh(run.mesh), tqdm(total=c.train.steps, initial=run.step, disable=not progress,
+                                                   desc="train", dynamic_ncols=True) as bar:
+        while run.step < c.train.steps:
+            batch = pipeline.to_global(next(run.train_iter), run.shardings[3])
+            run.trainable, run.opt_state, metrics = run.step_fn(
+                run.frozen, run.trainable, run.opt_state, batch, jax.random.fold_in(base_key, run.step), run.step)
+            run.step += 1
+            bar.update(1)
+            if run.step % c.train.log_every == 0 or run.step == c.train.steps:
+                m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                dt = (now - last_t) / max(run.step - last_step, 1)
+                last_t, last_step = now, run.step
+                m.update(lr=float(lr(run.step - 1)), step_time=dt, tokens_per_s=tokens_per_step / dt)
+                if c.train.peak_tflops > 0:
+                    m["mfu"] = m["tokens_per_s"] * flops_tok / (c.train.peak_tflops * 1e12 * jax.device_count())
+                history.append({"step": run.step, **m})
+                bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{m['tokens_per_s']:.0f}")
+                if writer:
+                    for k, v in m.items():
+                        writer.add_scalar(f"train/{k}", v, run.step)
+            if run.step % c.train.eval_every == 0 or run.step == c.train.steps:
+                final = evaluate(run)
+                if writer:
+                    for k, v in final.items():
+                        writer.add_scalar(f"eval/{k}", v, run.step)
+                    writer.add_text("sample", "```\n" + sample_text(run) + "\n```", run.step)
+                    writer.flush()
+            if run.step % c.train.checkpoint_every == 0 or run.step == c.train.steps:
+                save(run)
+            if stop.requested:
+                stopped = stop.requested
+                log.warning("%s received: saving step %d, then exiting", stopped, run.step)
+                save(run, force=True)
+                break
+    run.manager.wait_until_finished()
+    if writer:
+        writer.close()
+    return {"step": run.step, "eval": final, "history": history, "stopped": stopped, "run": run}
