@@ -296,3 +296,15 @@ def test_interrupted_conversion_leaves_nothing_valid(tmp_path, monkeypatch):
     from jaxdiff.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         jaxdiff.load_model(str(tmp_path / "out"))
+
+
+def test_relative_paths(tmp_path, monkeypatch):
+    """Users type relative paths; orbax needs absolute ones internally."""
+    make_hf_checkpoint(tmp_path, "dense", name="src", num_hidden_layers=1)
+    monkeypatch.chdir(tmp_path)
+    assert convert_hf.main(["--hf_dir", "src", "--out_dir", "jd", "--quiet"]) == 0
+    assert export_hf.main(["--ckpt_dir", "jd", "--out_dir", "back", "--quiet"]) == 0
+    _assert_same_hf_folder("src", "back")
+    _, params = load_params("jd", dtype="bfloat16")
+    assert params["model.norm.weight"].dtype == ml_dtypes.bfloat16
+    assert sorted(os.listdir(".")) == ["back", "jd", "src"]
