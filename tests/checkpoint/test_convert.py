@@ -305,6 +305,9 @@ def test_relative_paths(tmp_path, monkeypatch):
     assert convert_hf.main(["--hf_dir", "src", "--out_dir", "jd", "--quiet"]) == 0
     assert export_hf.main(["--ckpt_dir", "jd", "--out_dir", "back", "--quiet"]) == 0
     _assert_same_hf_folder("src", "back")
-    _, params = load_params("jd", dtype="bfloat16")
-    assert params["model.norm.weight"].dtype == ml_dtypes.bfloat16
+    for dt in ("bfloat16", jnp.bfloat16, ml_dtypes.bfloat16):   # names and dtype objects alike
+        _, params = load_params("jd", dtype=dt)
+        assert params["model.norm.weight"].dtype == ml_dtypes.bfloat16
+    with pytest.raises(ValueError, match="float32 or bfloat16, got float16"):
+        load_params("jd", dtype=np.float16)
     assert sorted(os.listdir(".")) == ["back", "jd", "src"]
