@@ -163,17 +163,21 @@ def main(argv=None) -> int:
                 print(f"  round {rnd + 1}: {kind:16s} {r['seconds']:6.1f} s  peak RSS {r['peak_rss_gb']:.2f} GB  "
                       f"(load avg {os.getloadavg()[0]:.1f})", flush=True)
         med = {k: {m: statistics.median(r[m] for r in v) for m in ("seconds", "peak_rss_gb")} for k, v in res.items()}
-        print(f"median of {a.repeat} round(s); each run a fresh process, imports included; "
-              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
-        print(f"{'':42s} {'seconds':>8s} {'GB/s':>6s} {'peak RSS GB':>12s}")
+        best = {k: min(r["seconds"] for r in v) for k, v in res.items()}
+        print(f"{a.repeat} round(s); each run a fresh process, imports included; {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f} at the end")
+        print(f"{'':42s} {'median s':>8s} {'GB/s':>6s} {'best s':>7s} {'GB/s':>6s} {'peak RSS GB':>12s}")
         for kind, r in med.items():
-            print(f"{ROWS[kind]:42s} {r['seconds']:8.1f} {total / 1e9 / r['seconds']:6.2f} {r['peak_rss_gb']:12.2f}")
+            print(f"{ROWS[kind]:42s} {r['seconds']:8.1f} {total / 1e9 / r['seconds']:6.2f} {best[kind]:7.1f} "
+                  f"{total / 1e9 / best[kind]:6.2f} {r['peak_rss_gb']:12.2f}")
         j, t = med["jaxdiff"], med["transformers"]
-        print(f"jaxdiff/transformers: time x{j['seconds'] / t['seconds']:.2f}, peak RSS x{j['peak_rss_gb'] / t['peak_rss_gb']:.2f}")
+        print(f"jaxdiff/transformers: time x{j['seconds'] / t['seconds']:.2f} (median), "
+              f"x{best['jaxdiff'] / best['transformers']:.2f} (best); peak RSS x{j['peak_rss_gb'] / t['peak_rss_gb']:.2f}")
         print(f"goal peak RSS <= largest shard + 1.5 GB = {largest + 1.5:.2f} GB: "
               f"{'met' if j['peak_rss_gb'] <= largest + 1.5 else 'MISSED'} ({j['peak_rss_gb']:.2f} GB)")
-        print(f"goal conversion no slower than transformers' load: "
-              f"{'met' if j['seconds'] <= t['seconds'] else 'MISSED'} ({j['seconds']:.1f} s vs {t['seconds']:.1f} s)")
+        for label, jj, tt in (("median", j["seconds"], t["seconds"]), ("best", best["jaxdiff"], best["transformers"])):
+            print(f"goal conversion no slower than transformers' load ({label}): "
+                  f"{'met' if jj <= tt else 'MISSED'} ({jj:.1f} s vs {tt:.1f} s)")
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
