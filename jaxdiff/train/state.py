@@ -29,9 +29,10 @@ def merge(graphdef, frozen, trainable, *, full_training: bool = False):
 
 
 def state_shardings(state, mesh, rules=None):
-    """NamedSharding per leaf of an nnx.State from each variable's logical `axes` metadata."""
+    """The state's structure with a NamedSharding in place of each variable (a valid `jax.jit`
+    sharding prefix), from each variable's logical `axes` metadata."""
     def one(var):
-        axes = var.get_metadata().get("axes") or (None,) * var.ndim
-        return var.replace(named_sharding(axes, var.shape, mesh, rules))
+        axes = var.get_metadata().get("axes") or (None,) * len(var.shape)
+        return named_sharding(axes, var.shape, mesh, rules)
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

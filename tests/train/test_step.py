@@ -155,3 +155,30 @@ def test_full_training_overfits_a_small_batch(remat):
         trainable, opt_state, _ = step(frozen, trainable, opt_state, batch, jax.random.fold_in(jax.random.key(1), i), i)
     last = float(eval_loss(trainable))
     assert last < 0.1 * first, (first, last)
+
+
+def test_step_on_a_frozen_fp8_base_with_bf16_activations():
+    import ml_dtypes
+    from jaxdiff.model import set_params, flat_params
+    cfg = tiny.moe(fp8_block_size=(128, 128))
+    m = build_model(cfg, dtype=jnp.bfloat16, seed=0)
+    rs = np.random.RandomState(0)
+    params = {k: (np.asarray(rs.randn(*v.shape) * 0.05).astype(ml_dtypes.float8_e4m3fn)
+                  if v.dtype == jnp.float8_e4m3fn else np.asarray(v)) for k, v in flat_params(m).items()}
+    set_params(m, params)
+    add_mask_token(m, mask_token_id=255)
+    add_lora(m, "diffusion", LoRASpec(rank=4, targets=EXPERT_TARGETS))
+    g, frozen, trainable = st.split(m)
+    fp8_leaves = [x for x in jax.tree.leaves(frozen) if x.dtype == jnp.float8_e4m3fn]
+    assert len(fp8_leaves) >= 4 * cfg.num_hidden_layers
+    before = jax.tree.map(np.array, frozen)
+    opt = build_optimizer(OptimConfig(lr=1e-2, warmup_steps=0), trainable)
+    step = jit_train_step(make_train_step(g, opt, ObjectiveConfig()))
+    opt_state = opt.init(trainable)
+    losses = []
+    for i in range(3):
+        trainable, opt_state, metrics = step(frozen, trainable, opt_state, _batch(), jax.random.key(i), i)
+        losses.append(float(metrics["loss"]))
+    assert all(np.isfinite(losses)) and int(metrics["skipped"]) == 0
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a).view(np.uint8), b.view(np.uint8)),
+                 frozen, before)

@@ -1,0 +1,57 @@
+"""Qwen3-Coder-30B-A3B-Instruct (FP8 release) -> a diffusion coder: frozen FP8 base, LoRA r=128 on
+the AR and diffusion heads, r=64 on the length head, Seed-Diffusion two-stage schedule, block
+attention, SFT data.
+
+    python tools/convert_hf.py --hf_dir /ckpt/Qwen3-Coder-30B-A3B-Instruct-FP8 --out_dir /ckpt/coder30b-jd
+    python launch/train.py --config configs/qwen3_coder_30b_a3b.py \\
+        --config.model.checkpoint=/ckpt/coder30b-jd --config.data.path=/data/sft.jsonl
+
+Mesh: 8 GPUs of one host as fsdp=1, expert=8 by default; see the README for multi-host layouts.
+"""
+from configs import base
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def reference_hf_config() -> dict:
+    """The published config.json (the architecture, for shape checks without weights)."""
+    return {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
+            "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48,
+            "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
+            "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+            "rms_norm_eps": 1e-6, "rope_theta": 10000000.0, "max_position_embeddings": 262144,
+            "tie_word_embeddings": False, "hidden_act": "silu", "router_aux_loss_coef": 0.001,
+            "torch_dtype": "bfloat16", "eos_token_id": 151645, "pad_token_id": 151643,
+            "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                    "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head", "mlp.gate"]}}
+
+
+def get_config(arg=None):
+    c = base.get_config()
+    c.workdir = "runs/qwen3_coder_30b_a3b"
+    c.model.checkpoint = ""          # required: a converted checkpoint (FP8 kept)
+    c.model.dtype = ""               # keep the checkpoint's dtypes: FP8 weights, bf16 activations
+    c.model.remat = True
+    c.lora.full_training = False
+    c.lora.ar = base.lora_head(rank=128, alpha=256.0, targets=TARGETS)
+    c.lora.diffusion = base.lora_head(rank=128, alpha=256.0, targets=TARGETS)
+    c.lora.length = base.lora_head(rank=64, alpha=128.0, targets=TARGETS)
+    c.length_head.edges = "64,128,256,512,1024,2048"
+    c.objective.attention = "block"
+    c.objective.block_size = 32
+    c.objective.sft = True
+    c.objective.ar_weight = 0.5
+    c.objective.diffusion_weight = 1.0
+    c.objective.length_weight = 0.1
+    c.objective.stage2_step = 2000   # Seed-Diffusion: edit-based corruption from here on
+    c.objective.edit_fraction = 0.1
+    c.data.kind = "sft"
+    c.data.seq_len = 2048
+    c.data.batch_size = 64
+    c.optimizer.lr = 1e-4
+    c.optimizer.warmup_steps = 200
+    c.optimizer.total_steps = 10000
+    c.train.steps = 10000
+    c.train.peak_tflops = 989.0       # H100 SXM dense bf16
+    c.mesh.data, c.mesh.fsdp, c.mesh.expert = 1, 1, 8
+    return c
