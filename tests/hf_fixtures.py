@@ -54,9 +54,10 @@ def make_hf_checkpoint(root, kind: str = "dense", *, name: str | None = None, se
 FP8_SKIP = ("lm_head", "embed_tokens", "norm", "mlp.gate.")
 
 
-def make_fp8_checkpoint(src_dir: str, out_dir: str, block=(128, 128)) -> str:
+def make_fp8_checkpoint(src_dir: str, out_dir: str, block=(128, 128), scale_dtype=np.float32) -> str:
     """The FP8 release format: every Linear weight except lm_head / router / norms / embeddings as
-    e4m3 + float32 `weight_scale_inv` per block; the file layout of the source is kept."""
+    e4m3 + `weight_scale_inv` per block (float32 as in the hub releases, or bfloat16); the file
+    layout of the source is kept."""
     src = SafetensorsFolder.open(src_dir)
     os.makedirs(out_dir, exist_ok=True)
     by_file: dict[str, dict[str, np.ndarray]] = {}
@@ -64,7 +65,7 @@ def make_fp8_checkpoint(src_dir: str, out_dir: str, block=(128, 128)) -> str:
         arr = np.asarray(src.array(name), np.float32)
         fname = src.weight_map[name]
         if name.endswith(".weight") and arr.ndim == 2 and not any(s in name for s in FP8_SKIP):
-            q, s = fp8.quantize(arr, block)
+            q, s = fp8.quantize(arr, block, scale_dtype)
             by_file.setdefault(fname, {})[name] = q
             by_file[fname][name.replace(".weight", ".weight_scale_inv")] = s
         else:

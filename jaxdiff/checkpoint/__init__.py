@@ -15,7 +15,12 @@ def load_params(path, *, dtype=None, shardings=None):
     from jaxdiff.checkpoint.orbax_io import is_checkpoint
 
     if dtype is not None:
-        dtype = str(getattr(dtype, "name", dtype))
+        import numpy as np
+
+        try:
+            dtype = dtype if isinstance(dtype, str) else np.dtype(dtype).name  # np / jnp / ml_dtypes types
+        except TypeError:
+            dtype = repr(dtype)
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype must be None, float32 or bfloat16, got {dtype}")
     path = os.fspath(path)

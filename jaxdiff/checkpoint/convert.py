@@ -10,8 +10,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from jaxdiff.checkpoint import fp8, hf_keys
-from jaxdiff.checkpoint.hf_load import FLOAT_DTYPES, check_tensors, read_tensor
+from jaxdiff.checkpoint import hf_keys
+from jaxdiff.checkpoint.hf_load import FLOAT_DTYPES, cast_param, check_tensors, read_tensor
 from jaxdiff.checkpoint.orbax_io import (CheckpointWriter, group_of, read_manifest, restore_group)
 from jaxdiff.checkpoint.safetensors_io import INDEX, SINGLE, CheckpointError, SafetensorsFolder, read_header, write_file
 from jaxdiff.model.config import ModelConfig
@@ -23,13 +23,10 @@ EXTRA_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.jso
 
 
 def _convert_array(arr, jd: str, folder, groups, cfg: ModelConfig, dtype: str):
-    if dtype == "keep":
+    if dtype == "keep":  # exactly as stored (bf16 block scales too), so export is bit-exact
         return arr
-    target = FLOAT_DTYPES[dtype]
-    if arr.dtype == fp8.E4M3:
-        scale = read_tensor(folder, groups[jd.replace(".weight", ".weight_scale_inv")])
-        return fp8.dequantize(arr, scale, cfg.fp8_block_size, target)
-    return arr.astype(target) if arr.dtype.kind == "f" or arr.dtype == FLOAT_DTYPES["bfloat16"] else arr
+    scale_of = lambda: read_tensor(folder, groups[jd.replace(".weight", ".weight_scale_inv")])
+    return cast_param(jd, arr, scale_of, cfg.fp8_block_size, FLOAT_DTYPES[dtype])
 
 
 def convert_hf(hf_dir: str, out_dir: str, *, dtype: str = "keep", overwrite: bool = False,
@@ -69,6 +66,7 @@ def convert_hf(hf_dir: str, out_dir: str, *, dtype: str = "keep", overwrite: boo
                                                     key=lambda kv: kv[1]["data_offsets"][0])]
                            for f in sorted(set(folder.weight_map.values()))},
             "sharded": os.path.exists(os.path.join(hf_dir, INDEX)),
+            "index_metadata": _index_metadata(hf_dir),
         }
         writer.commit(out_cfg.to_json(), {"dtype": dtype, "source": source, "architecture": cfg.architecture},
                       [os.path.join(hf_dir, f) for f in EXTRA_FILES])
@@ -97,15 +95,12 @@ def load_converted(path: str, *, dtype: str | None = None, shardings: Mapping | 
         keep_sharded = shardings is not None and target is None
         flat = restore_group(path, g, manifest, shardings if keep_sharded else None)
         for k, arr in flat.items():
-            if target is not None:
-                if k.endswith(".weight_scale_inv"):
-                    continue
-                if np.dtype(arr.dtype) == fp8.E4M3:
-                    arr = fp8.dequantize(arr, flat[k.replace(".weight", ".weight_scale_inv")], cfg.fp8_block_size, target)
-                elif np.dtype(arr.dtype).kind == "f" or np.dtype(arr.dtype) == FLOAT_DTYPES["bfloat16"]:
-                    arr = np.asarray(arr).astype(target)
-                if shardings is not None:
-                    arr = jax.device_put(arr, shardings[k])
+            if target is not None and k.endswith(".weight_scale_inv"):
+                continue
+            scale_of = lambda: flat[k.replace(".weight", ".weight_scale_inv")]
+            arr = cast_param(k, arr, scale_of, cfg.fp8_block_size, target)
+            if shardings is not None and not keep_sharded:
+                arr = jax.device_put(arr, shardings[k])
             out[k] = arr
     if target is not None:
         cfg = cfg.replace(fp8_block_size=None)
@@ -136,7 +131,7 @@ def export_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False, max_shard
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     cache: dict[str, dict] = {}
-    total = 0
+    total = n_params = 0
     try:
         with tqdm(total=len(file_order), unit="file", desc="export", disable=not progress) as bar:
             for fname, names in file_order.items():
@@ -150,14 +145,21 @@ def export_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False, max_shard
                     arr = np.asarray(cache[g][jd])
                     tensors[name] = arr if e is None else arr[e]
                 total += write_file(os.path.join(tmp, fname), tensors, {"format": "pt"})
+                n_params += sum(int(t.size) for t in tensors.values())
                 bar.update(1)
         if len(file_order) > 1 or source.get("sharded"):
             weight_map = {n: f for f, names in file_order.items() for n in names}
+            # The source index's metadata keys, with the sizes recomputed for what was written.
+            metadata = {**source.get("index_metadata", {}), "total_size": total}
+            if "total_parameters" in metadata:
+                metadata["total_parameters"] = n_params
             with open(os.path.join(tmp, INDEX), "w") as f:
-                json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f,
-                          indent=2)
+                json.dump({"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
         hf_cfg = cfg.to_hf()
-        hf_cfg.pop("jaxdiff_mask_token_id", None) if cfg.mask_token_id is None else None
+        if manifest["dtype"] != "keep":  # the stored dtype changed; tell transformers (any spelling present)
+            for field in ("dtype", "torch_dtype"):
+                if field in hf_cfg:
+                    hf_cfg[field] = manifest["dtype"]
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(hf_cfg, f, indent=2)
         extra = os.path.join(ckpt_dir, "hf_extra")
@@ -171,6 +173,14 @@ def export_hf(ckpt_dir: str, out_dir: str, *, overwrite: bool = False, max_shard
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"bytes": total, "files": len(file_order), "out_dir": out_dir}
+
+
+def _index_metadata(hf_dir: str) -> dict:
+    try:
+        with open(os.path.join(hf_dir, INDEX)) as f:
+            return dict(json.load(f).get("metadata") or {})
+    except FileNotFoundError:
+        return {}
 
 
 def _plan_shards(hf_names, manifest, max_bytes: int) -> dict[str, list[str]]:

@@ -75,8 +75,11 @@ class CheckpointWriter:
         os.makedirs(os.path.join(self.tmp, "params"))
         # Host arrays are written without a defensive deep copy (nothing mutates them while they
         # are written) and without zstd (weights barely compress; it would cost 4x the time).
+        import jax
+
         registry = ocp.type_handlers.create_type_handler_registry(
-            (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)))
+            (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+            (jax.Array, ocp.type_handlers.ArrayHandler()))
         # Async: the next group is read from the shards while this one is written (at most two
         # groups resident at once).
         self._ckpt = ocp.AsyncCheckpointer(ocp.PyTreeCheckpointHandler(use_compression=False,
@@ -148,7 +151,7 @@ def restore_group(path: str, group: str, manifest: dict, shardings: Mapping | No
     import jax
     import orbax.checkpoint as ocp
 
-    gpath = os.path.join(os.fspath(path), "params", group)
+    gpath = os.path.join(os.path.abspath(os.fspath(path)), "params", group)  # orbax wants absolute paths
     keys = [k for k, v in manifest["params"].items() if v["group"] == group]
     try:
         if shardings is None:

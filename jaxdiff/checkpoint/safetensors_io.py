@@ -108,19 +108,27 @@ class SafetensorsFolder:
                     weight_map = json.load(f)["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index}: malformed index ({e!r})") from None
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: malformed index ('weight_map' is not an object)")
             files = sorted(set(weight_map.values()))
             missing = [f for f in files if not os.path.exists(os.path.join(path, f))]
             if missing:
                 raise CheckpointError(f"{index}: shard file(s) listed in the index are missing: {', '.join(missing)}")
             tensors: dict[str, TensorRef] = {}
+            problems = []  # every file's problems in one error, not just the first file's
             for fname in files:
                 found = scan_file(os.path.join(path, fname))
                 listed = {k for k, v in weight_map.items() if v == fname}
-                absent = sorted(listed - set(found))
+                absent, unlisted = sorted(listed - set(found)), sorted(set(found) - listed)
                 if absent:
-                    raise CheckpointError(f"{os.path.join(path, fname)}: tensor(s) listed in the index but absent "
-                                          f"from the file: {', '.join(absent)}")
-                tensors.update({k: found[k] for k in listed})
+                    problems.append(f"{os.path.join(path, fname)}: tensor(s) listed in the index but absent "
+                                    f"from the file: {', '.join(absent)}")
+                if unlisted:  # would be silently dropped by an index-driven loader
+                    problems.append(f"{os.path.join(path, fname)}: tensor(s) in the file but not listed for it "
+                                    f"in {INDEX}: {', '.join(unlisted)}")
+                tensors.update({k: found[k] for k in listed & set(found)})
+            if problems:
+                raise CheckpointError("\n  ".join(problems))
             return cls(path, tensors, dict(weight_map))
         if os.path.exists(single):
             tensors = scan_file(single)
