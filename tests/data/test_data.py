@@ -112,3 +112,18 @@ def test_both_sft_formats_give_the_same_rows_and_exact_prompt_lengths(tokenizer,
     assert r["tokens"][:len(prompt)].tolist() == prompt and r["tokens"][len(prompt):n].tolist() == answer
     assert r["valid"].tolist() == [True] * n + [False] * (48 - n)
     assert tokenizer.decode(r["tokens"][int(r["prompt_lengths"]):n]) == "3<|im_end|>\n"
+
+
+def test_train_tokenizer_tool(tmp_path, capsys):
+    from tools import train_tokenizer
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        (src / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    assert train_tokenizer.main(["--out_dir", str(tmp_path / "tok"), "--source", str(src), "--vocab_size", "300"]) == 0
+    tok = tk.load_tokenizer(str(tmp_path / "tok"))
+    for special in tk.SPECIAL_TOKENS:
+        assert len(tok(special, add_special_tokens=False)["input_ids"]) == 1
+    assert tok.decode(tok("def f1(x):", add_special_tokens=False)["input_ids"]) == "def f1(x):"
+    assert train_tokenizer.main(["--out_dir", str(tmp_path / "t2"), "--source", str(tmp_path / "none")]) == 2
+    assert "no such file" in capsys.readouterr().err
