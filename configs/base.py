@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
         schedule="linear", schedule_exponent=2.0, time_eps=1e-3, antithetic=True, min_masking_rate=0.0,
         reweight_cap=0.0, loss="llada", label_smoothing=0.1, span_prob=0.0, random_replace=0.0,
         shorten_prob=0.0, stage2_step=-1, edit_fraction=0.1, edit_weight=1.0, attention="bidirectional",
-        block_size=32, sft=False, ar_weight=0.0, diffusion_weight=1.0, length_weight=0.0, vocab_chunk=8192))
+        block_size=32, sft=False, ar_weight=0.0, diffusion_weight=1.0, length_weight=0.0, vocab_chunk=8192,
+        ar_only_steps=0))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-4, warmup_steps=100, total_steps=10000, decay="cosine", end_lr_ratio=0.1, b1=0.9,
         b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0, grad_accum=1))

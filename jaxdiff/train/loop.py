@@ -48,6 +48,7 @@ class Run:
     optimizer: object
     shardings: tuple
     step_fn: object
+    ar_step_fn: object            # the AR-only warm-up phase (objective.ar_only_steps), or None
     eval_fn: object
     train_iter: object
     eval_ds: object
@@ -85,7 +86,7 @@ def _model(c, tokenizer, mesh):
     add_mask_token(model, tokenizer=tokenizer, trainable=c.mask_token.trainable)
     if not c.lora.full_training:
         for h in HEADS:
-            weight = {"ar": c.objective.ar_weight, "diffusion": c.objective.diffusion_weight,
+            weight = {"ar": c.objective.ar_weight or c.objective.ar_only_steps, "diffusion": c.objective.diffusion_weight,
                       "length": c.objective.length_weight}[h]
             if weight:
                 add_lora(model, h, cfg_lib.lora_spec(c, h), seed=c.seed)
@@ -136,6 +137,11 @@ def build(c) -> Run:
         shardings = step_shardings(mesh, frozen, trainable, optimizer)
         opt_state = init_opt_state(optimizer, trainable, shardings[2])
         step_fn = jit_train_step(make_train_step(graphdef, optimizer, obj, full_training=full), shardings=shardings)
+        ar_step_fn = None
+        if c.objective.ar_only_steps > 0:
+            ar_obj = dataclasses.replace(obj, ar_weight=1.0, diffusion_weight=0.0, length_weight=0.0)
+            ar_step_fn = jit_train_step(make_train_step(graphdef, optimizer, ar_obj, full_training=full),
+                                        shardings=shardings)
         eval_fn = jax.jit(lambda tr, fr, batch, key: loss_fn(tr, fr, graphdef, batch, key, 0, obj, full)[1])
     train_ds, eval_ds = _data(c, tokenizer)
     manager = ocp.CheckpointManager(
@@ -143,7 +149,7 @@ def build(c) -> Run:
         options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep, enable_async_checkpointing=True),
         item_names=("trainable", "opt_state", "data", "meta"))
     return Run(c, mesh, tokenizer, model, graphdef, frozen, trainable, opt_state, optimizer, shardings, step_fn,
-               eval_fn, iter(train_ds), eval_ds, manager)
+               ar_step_fn, eval_fn, iter(train_ds), eval_ds, manager)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -268,7 +274,8 @@ def train(c, *, progress: bool = True) -> dict:
                                                    desc="train", dynamic_ncols=True) as bar:
         while run.step < c.train.steps:
             batch = pipeline.to_global(next(run.train_iter), run.shardings[3])
-            run.trainable, run.opt_state, metrics = run.step_fn(
+            fn = run.ar_step_fn if run.step < c.objective.ar_only_steps else run.step_fn
+            run.trainable, run.opt_state, metrics = fn(
                 run.frozen, run.trainable, run.opt_state, batch, jax.random.fold_in(base_key, run.step), run.step)
             run.step += 1
             bar.update(1)
