@@ -63,10 +63,14 @@ class VerifierPool:
                         self.isolation.report())
         self.bend = _which(bend)
         self.hvm = _which(hvm)
+        if workers > 32:
+            raise ValueError("at most 32 workers per pool")
+        self._slot = _take_slot()
         self._uid_base = None
         if not self.isolation.problems.get("uid separation"):
-            # private uids per pool (pid-derived, so two pools never share one) and per worker
-            self._uid_base = 200_000 + (os.getpid() % 100_000) * 64
+            # private uids: 64 per pool, from the process id and the pool's slot in this process,
+            # so no two live pools on a machine share one (uids need no /etc/passwd entry)
+            self._uid_base = 1_000_000 + ((os.getpid() % 4_194_304) * _SLOTS + self._slot) * 64
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._results: dict = {}
         self._done = threading.Condition()
@@ -126,6 +130,7 @@ class VerifierPool:
         for cg in self._cgroups:
             if cg is not None:
                 cg.remove()
+        _free_slot(self._slot)
 
     def __enter__(self):
         return self
@@ -205,7 +210,12 @@ class VerifierPool:
         secret = json.dumps({k: job[k] for k in _SECRET if k in job}).encode()
         t0 = time.perf_counter()
         try:
-            proto.write_json(proc.stdin_fd, public)
+            try:
+                proto.write_json(proc.stdin_fd, public)
+            except OSError:  # it died while idle (killed from outside, say): not this job's doing
+                _stop(proc)
+                proc = self._spawn(i)
+                proto.write_json(proc.stdin_fd, public)
             proto.write_frame(proc.stdin_fd, secret)
             reply = _read_reply(proc.stdout_fd, self.limits.timeout_s + _GRACE_S)
         except (OSError, EOFError, proto.ProtocolError) as e:
@@ -233,7 +243,7 @@ class VerifierPool:
         problems = self.isolation.problems
         if self._cgroups[i] is None and not (problems.get("cgroup memory") and problems.get("cgroup pids")):
             self._cgroups[i] = sandbox.JobCgroups(
-                f"jaxdiff-verify-{os.getpid()}-w{i}",
+                f"jaxdiff-verify-{os.getpid()}-{self._slot}-w{i}",
                 None if problems.get("cgroup memory") else lim.memory_mb,
                 None if problems.get("cgroup pids") else lim.nproc)
         cg = self._cgroups[i]
@@ -262,6 +272,25 @@ class VerifierPool:
             raise RuntimeError(f"worker {i} did not start (command: {' '.join(argv[:3])} ...)")
         self._workers[i] = proc
         return proc
+
+
+_SLOTS = 4
+_slots_used: set = set()
+_slots_lock = threading.Lock()
+
+
+def _take_slot() -> int:
+    with _slots_lock:
+        free = [s for s in range(_SLOTS) if s not in _slots_used]
+        if not free:
+            raise RuntimeError(f"at most {_SLOTS} pools may be open at once in one process")
+        _slots_used.add(free[0])
+        return free[0]
+
+
+def _free_slot(slot: int):
+    with _slots_lock:
+        _slots_used.discard(slot)
 
 
 def sandbox_hint():

@@ -161,34 +161,29 @@ def run_candidate(program: str, mode: str, req_fd: int, resp_fd: int) -> int:
     if mode != "tests":
         if "threading" in sys.modules and end["end"] == "returned":
             sys.modules["threading"]._shutdown()  # wait for non-daemon threads, as the interpreter would
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
+        _flush()
         proto.write_json(resp_fd, end)
         return 0
 
+    _flush()  # the process is killed, not exited, once the tests are done
     if end["end"] != "returned":
         proto.write_json(resp_fd, {"loaded": False, **end})
         return 0
-    names = {}
-    for name, value in list(ns.items()):
-        if name.startswith("__"):
-            continue
-        if isinstance(value, types.ModuleType):
-            names[name] = {"m": value.__name__}
-        else:
-            try:
-                names[name] = encode(value, to_handle)
-            except ValueError:
-                names[name] = to_handle(value)
-    proto.write_json(resp_fd, {"loaded": True, "names": names})
-    _serve(handles, to_handle, req_fd, resp_fd)
+    proto.write_json(resp_fd, {"loaded": True, "names": sorted(n for n in ns if not n.startswith("__"))})
+    _serve(ns, handles, to_handle, req_fd, resp_fd)
     return 0
 
 
-def _serve(handles, to_handle, req_fd, resp_fd):
+def _global(value, to_handle):
+    if isinstance(value, types.ModuleType):
+        return {"m": value.__name__}
+    try:
+        return encode(value, to_handle)
+    except ValueError:
+        return to_handle(value)
+
+
+def _serve(ns, handles, to_handle, req_fd, resp_fd):
     def resolve(h):
         try:
             return handles[h]
@@ -214,13 +209,24 @@ def _serve(handles, to_handle, req_fd, resp_fd):
         if req is None:
             return
         try:
-            value = ops[req["op"]](resolve(req["h"]), req)
-            reply = {"v": encode(value, to_handle)}
+            if req["op"] == "globals":  # the program's top-level names the tests refer to
+                reply = {"v": {n: _global(ns[n], to_handle) for n in req["names"] if n in ns}}
+            else:
+                reply = {"v": encode(ops[req["op"]](resolve(req["h"]), req), to_handle)}
         except StopIteration:
             reply = {"stop": True}
         except BaseException as e:
             reply = {"e": describe_exception(e), "tb": _short_tb(e, "<program>")}
+        _flush()
         proto.write_json(resp_fd, reply)
+
+
+def _flush():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # closed or replaced by the program: its output, its loss
+            pass
 
 
 def _short_tb(e: BaseException, filename: str) -> str:
@@ -286,13 +292,31 @@ class _Link:
                 self.memory_seen = self.memory_seen or text
                 raise ProgramMemoryError(text)
             cls = getattr(builtins, str(name), None)
+            exc = None
             if isinstance(cls, type) and issubclass(cls, Exception):
                 try:
-                    raise cls(f"{msg}{where}")
+                    exc = cls(f"{msg}{where}")
                 except TypeError:  # exception types whose constructor needs more arguments
                     pass
-            raise RemoteError(text)
+            raise exc if exc is not None else RemoteError(text)
         raise proto.ProtocolError("malformed reply")
+
+    def fetch_globals(self, names: list) -> dict:
+        """Raw encoded values of the program's top-level `names` (decoded by the caller)."""
+        if self.dead:
+            raise ProgramExit(self.dead)
+        try:
+            proto.write_json(self.req_fd, {"op": "globals", "names": names})
+            reply = proto.read_json(self.resp_fd, _MAX_REPLY)
+        except (OSError, EOFError, proto.ProtocolError) as e:
+            reply = None
+            self.dead = f"the program's process stopped answering ({type(e).__name__}: {e})"
+        if reply is None:
+            self.dead = self.dead or "the program's process exited before the tests"
+            raise ProgramExit(self.dead)
+        if type(reply) is not dict or type(reply.get("v")) is not dict:
+            raise proto.ProtocolError("malformed reply to 'globals'")
+        return reply["v"]
 
     def handle(self, h):
         return Remote(self, h)
@@ -401,9 +425,24 @@ def _judge(secret, link) -> dict:
         tb = f" [{loaded.get('tb')}]" if loaded.get("tb") else ""
         return {"status": status, "detail": f"loading the program raised {exc[0]}: {exc[1]}{tb}"}
 
+    tests = secret.get("tests")
+    entry = secret.get("entry_point")
+    snippets = tests if isinstance(tests, list) else [tests]
+    labels = [f"<tests[{i}]>" if isinstance(tests, list) else "<tests>" for i in range(len(snippets))]
+    codes, wanted = [], {entry} if entry else set()
+    for snippet, label in zip(snippets, labels):
+        try:
+            code = compile(snippet, label, "exec")
+            wanted |= _names(code)
+        except SyntaxError as e:
+            code = e
+        codes.append(code)
+
     ns = {"__name__": "__test__", "__builtins__": builtins}
     try:
-        for name, enc in dict(loaded["names"]).items():
+        offered = set(loaded["names"])
+        fetched = link.fetch_globals(sorted(wanted & offered)) if wanted & offered else {}
+        for name, enc in fetched.items():
             if type(enc) is dict and set(enc) == {"m"}:
                 try:
                     ns[name] = importlib.import_module(str(enc["m"]))
@@ -411,19 +450,19 @@ def _judge(secret, link) -> dict:
                     continue  # a module the program built itself; tests cannot rely on it
             else:
                 ns[name] = decode(enc, link.handle)
-    except (proto.ProtocolError, KeyError, TypeError, ValueError) as e:
+    except ProgramExit as e:
+        return {"status": "failed", "detail": str(e)}
+    except (proto.ProtocolError, KeyError, TypeError, ValueError, AttributeError) as e:
         return {"status": "error", "detail": f"malformed report from the program's process: {e}"}
     program_names = dict(ns)
 
-    tests = secret.get("tests")
-    entry = secret.get("entry_point")
-    snippets = tests if isinstance(tests, list) else [tests]
     passed, failures = 0, []
-    for i, snippet in enumerate(snippets):
+    for code, label in zip(codes, labels):
         env = dict(program_names)
-        label = f"<tests[{i}]>" if isinstance(tests, list) else "<tests>"
         try:
-            exec(compile(snippet, label, "exec"), env)
+            if isinstance(code, SyntaxError):
+                raise code
+            exec(code, env)
             if entry is not None:
                 if entry not in program_names:
                     raise NameError(f"the program does not define {entry!r}")
@@ -444,6 +483,15 @@ def _judge(secret, link) -> dict:
     if passed == total:
         return {"status": "passed", "detail": "", **stats}
     return {"status": "failed", "detail": f"{total - passed} of {total} test(s) failed; first: {failures[0]}", **stats}
+
+
+def _names(code) -> set:
+    """Every global name a compiled test (and the functions it defines) may look up."""
+    out = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            out |= _names(const)
+    return out
 
 
 def _test_failure(e: BaseException, label: str) -> str:

@@ -101,9 +101,18 @@ def bwrap_argv(bwrap: str, keep_paths: list[str], bind_rw: list[str], tmp_mb: in
     for d in masked:
         argv += ["--tmpfs", d]
     # a kept path under a masked dir comes back read-only (a kept path that *is* a masked dir too)
+    made = set()
     for p in _top_level(keep_paths):
-        if any(p == d or p.startswith(d + "/") for d in masked):
-            argv += ["--ro-bind", p, p]
+        home = next((d for d in masked if p == d or p.startswith(d + "/")), None)
+        if home is None:
+            continue
+        parts = p[len(home):].strip("/").split("/")[:-1]
+        for k in range(1, len(parts) + 1):  # bwrap would make them 0700: unreadable for job uids
+            a = home + "/" + "/".join(parts[:k])
+            if a not in made:
+                made.add(a)
+                argv += ["--perms", "0755", "--dir", a]
+        argv += ["--ro-bind", p, p]
     argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
     for p in bind_rw:
         argv += ["--bind", p, p]
