@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -79,6 +80,10 @@ class VerifierPool:
         self._threads = []
         self._workers: list = [None] * workers
         self._cgroups: list = [None] * workers
+        self._tmp = None
+        if not self.isolation.bwrap:  # scratch dirs go in the host's /tmp; traversable by job uids
+            self._tmp = tempfile.mkdtemp(prefix="jaxdiff-verify-")
+            os.chmod(self._tmp, 0o711)
         self._started = threading.Barrier(workers + 1)
         self._start_errors: list = []
         for i in range(workers):
@@ -130,6 +135,8 @@ class VerifierPool:
         for cg in self._cgroups:
             if cg is not None:
                 cg.remove()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         _free_slot(self._slot)
 
     def __enter__(self):
@@ -239,6 +246,10 @@ class VerifierPool:
                "bend": self.bend, "hvm": self.hvm, "path": _job_path(self.bend, self.hvm)}
         if self._uid_base is not None:
             cfg["uids"] = [self._uid_base + 2 * i, self._uid_base + 2 * i + 1]
+        if self.isolation.bwrap:
+            cfg["scratch"] = "/tmp/job"  # the sandbox's own /tmp
+        else:  # the host's /tmp: a private corner per worker
+            cfg["scratch"] = os.path.join(self._tmp, f"w{i}")
         bind_rw = []
         problems = self.isolation.problems
         if self._cgroups[i] is None and not (problems.get("cgroup memory") and problems.get("cgroup pids")):

@@ -25,7 +25,6 @@ import time
 from jaxdiff.verify import bend as bend_backend
 from jaxdiff.verify import proto, pyharness
 
-SCRATCH = "/tmp/job"
 _PR_SET_CHILD_SUBREAPER = 36
 _OUTPUT_CAP = 1 << 16
 JUDGE_JOBS = 1000
@@ -42,6 +41,7 @@ class Worker:
         self.sandboxed = cfg["sandboxed"]
         self.uids = cfg.get("uids")  # [candidate uid, judge uid] or None
         self.procs_files = cfg.get("procs_files", [])
+        self.scratch = cfg["scratch"]  # private per job: made before it, deleted after it
         self.oom_file = cfg.get("oom_file")
         self.peak_file = cfg.get("peak_file")
         self.secret = bytearray(1 << 16)
@@ -76,6 +76,7 @@ class Worker:
     # -- main loop -------------------------------------------------------------------------------
 
     def serve(self):
+        self._judge()
         proto.write_json(self.out_fd, {"ready": True, "pid": os.getpid(), "sandboxed": self.sandboxed})
         while True:
             job = proto.read_json(self.in_fd)
@@ -105,9 +106,9 @@ class Worker:
     # -- one job ---------------------------------------------------------------------------------
 
     def run_job(self, job: dict, secret_len: int) -> dict:
-        os.mkdir(SCRATCH, 0o700)
+        os.mkdir(self.scratch, 0o700)
         if self.uids:
-            os.chown(SCRATCH, self.uids[0], self.uids[0])
+            os.chown(self.scratch, self.uids[0], self.uids[0])
         out_fd = os.memfd_create("stdout")
         err_fd = os.memfd_create("stderr")
         in_fd = os.memfd_create("stdin")
@@ -127,7 +128,8 @@ class Worker:
         stderr = _read_capped(err_fd)
         for fd in (out_fd, err_fd, in_fd):
             os.close(fd)
-        _rmtree(SCRATCH)
+        _rmtree(self.scratch)
+        self._judge()  # ready for the next job (a no-op unless it was dropped or is due)
         status, detail, stats = outcome["finish"](children, stdout, stderr)
         cand = children.get(outcome["cand_pid"])
         if cand is not None:
@@ -138,18 +140,19 @@ class Worker:
         if peak is not None:  # above what the worker itself held when the job started
             stats["peak_memory_mb"] = round(max(0, peak - base_usage) / 2**20, 2)
         # order matters: a wall-clock kill or an OOM kill explains whatever the job said afterwards
-        if outcome.get("timed_out"):
-            status, detail = "timeout", f"wall time limit of {self.limits['timeout_s']} s reached"
-        elif self._oom_kills() > oom_before and status != "passed":
+        if self._oom_kills() > oom_before:  # a limit was hit, whatever the tests said
             status, detail = "memory", f"memory limit of {self.limits['memory_mb']} MB reached (killed by the cgroup)"
+        elif outcome.get("timed_out"):
+            status, detail = "timeout", f"wall time limit of {self.limits['timeout_s']} s reached"
         elif cand is not None and status != "passed":
             sig = os.WTERMSIG(cand[0]) if os.WIFSIGNALED(cand[0]) else None
             if sig == signal.SIGXCPU or (sig == signal.SIGKILL and stats.get("cpu_ms", 0) >= 1000 * self.limits["cpu_s"]):
                 status, detail = "timeout", f"CPU time limit of {self.limits['cpu_s']} s reached"
             elif sig == signal.SIGXFSZ:
                 status, detail = "error", f"file size limit of {self.limits['fsize_mb']} MB reached"
-        if status != "passed" and stdout[1] is not None and stdout[1] >= self.limits["fsize_mb"] << 20:
-            detail += f" (stdout reached the {self.limits['fsize_mb']} MB output limit)"
+        for name, captured in (("stdout", stdout), ("stderr", stderr)):
+            if status != "passed" and captured[1] is not None and captured[1] >= self.limits["fsize_mb"] << 20:
+                detail = f"{name} reached the {self.limits['fsize_mb']} MB output limit; {detail}"
         return {"status": status, "detail": detail, "stats": stats, "wall_ms": wall_ms}
 
     def _python(self, job, secret_len, in_fd, out_fd, err_fd, deadline):
@@ -164,6 +167,7 @@ class Worker:
         secret = self.read_secret(secret_len)
         if mode == "tests":
             judge = self._judge()
+            self.judge_jobs += 1
             try:
                 socket.send_fds(judge[1], [b"j"], [req_w, resp_r])
                 proto.write_frame(judge[1].fileno(), secret)
@@ -217,9 +221,8 @@ class Worker:
         return {"cand_pid": cand, "timed_out": not ready, "finish": finish}
 
     def _judge(self):
-        """The warm judge process (pid, socket), forked on first use and after it was dropped.
-
-        It is forked only from a worker whose secret buffer is wiped, and recycled every
+        """The warm judge process (pid, socket). Forked at start-up and, between jobs, whenever it
+        was dropped; only ever from a worker whose secret buffer is wiped. Recycled every
         JUDGE_JOBS jobs so that whatever test code leaves behind cannot pile up."""
         if self.judge is not None and self.judge_jobs >= JUDGE_JOBS:
             self._drop_judge()
@@ -232,7 +235,6 @@ class Worker:
             os.close(devnull)
             theirs.close()
             self.judge, self.judge_jobs = (pid, mine), 0
-        self.judge_jobs += 1
         return self.judge
 
     def _drop_judge(self):
@@ -281,7 +283,7 @@ class Worker:
             os.setsid()
             with open("/proc/self/oom_score_adj", "w") as fh:
                 fh.write("1000" if candidate else "0")
-            os.chdir(SCRATCH if candidate else "/")
+            os.chdir(self.scratch if candidate else "/")
             _arrange_fds(fds)  # before RLIMIT_NOFILE: it parks descriptors at high numbers
             self._set_rlimits(candidate, bend)
             if uid is not None:
@@ -289,12 +291,12 @@ class Worker:
                 os.setresgid(uid, uid, uid)
                 os.setresuid(uid, uid, uid)
             os.environ.clear()
-            home = SCRATCH if candidate else "/"
+            home = self.scratch if candidate else "/"
             os.environ.update({"PATH": self.cfg["path"], "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8",
                                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
             sys.argv = ["program"]
             if candidate:
-                sys.path[0:0] = [SCRATCH]
+                sys.path[0:0] = [self.scratch]
             code = body() or 0
         except BaseException as e:  # our set-up failed: say why on the job's stderr
             code = 71

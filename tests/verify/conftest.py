@@ -12,6 +12,8 @@ import pytest
 from jaxdiff.verify import VerifierPool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# A secret in the environment of the process that starts the pools: no job may ever see it.
+os.environ["JAXDIFF_VERIFY_TEST_SECRET"] = "s3cret-" + os.urandom(8).hex()
 RECORDED_BEND = os.path.join(HERE, "recorded_bend", "bend")
 RECORDED_HVM = os.path.join(HERE, "recorded_bend", "hvm")
 
@@ -35,12 +37,26 @@ def descendants() -> list:
     return psutil.Process().children(recursive=True)
 
 
+def warm_processes(pools) -> list:
+    """pids of the processes below us that make up the pools at rest: bubblewrap, its init and the
+    worker per sandbox. Judges (their own uid) are left out: one is replaced after a timeout."""
+    judge_uids = {p._uid_base + 2 * i + 1 for p in pools for i in range(32)}
+    out = []
+    for proc in descendants():
+        try:
+            if proc.uids().real not in judge_uids:
+                out.append(proc.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return sorted(out)
+
+
 def job_uid_processes(p: VerifierPool) -> list:
-    """Processes anywhere on the machine running as one of the pool's private job uids."""
-    base = p._uid_base
+    """Processes anywhere on the machine running as one of the pool's job (candidate) uids."""
+    cand = {p._uid_base + 2 * i for i in range(32)}
     out = []
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info["uids"]
-        if uids and base <= uids.real < base + 64:
+        if uids and uids.real in cand:
             out.append(proc)
     return out
