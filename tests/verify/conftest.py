@@ -5,6 +5,7 @@ itself part of what the suite checks.
 """
 
 import os
+import time
 
 import psutil
 import pytest
@@ -37,18 +38,36 @@ def descendants() -> list:
     return psutil.Process().children(recursive=True)
 
 
+def _is_worker(proc) -> bool:
+    cmd = proc.cmdline() if proc is not None else []
+    return bool(cmd) and "bwrap" not in os.path.basename(cmd[0]) and "jaxdiff.verify.worker" in " ".join(cmd)
+
+
 def warm_processes(pools) -> list:
-    """pids of the processes below us that make up the pools at rest: bubblewrap, its init and the
-    worker per sandbox. Judges (their own uid) are left out: one is replaced after a timeout."""
-    judge_uids = {p._uid_base + 2 * i + 1 for p in pools for i in range(32)}
+    """pids of the processes that make up the pools at rest: per worker, bubblewrap, its init and
+    the worker itself. What runs below a worker (its judge, a job) is not counted here."""
     out = []
     for proc in descendants():
         try:
-            if proc.uids().real not in judge_uids:
+            parent = proc.parent()
+            if parent is None or not (_is_worker(parent) and not _is_worker(parent.parent())):
                 out.append(proc.pid)
         except psutil.NoSuchProcess:
             pass
     return sorted(out)
+
+
+def below_workers(pools) -> list:
+    """(pid, worker pid, uid) of every process whose parent is a worker: at rest, its judge only."""
+    out = []
+    for proc in descendants():
+        try:
+            parent = proc.parent()
+            if parent is not None and _is_worker(parent) and not _is_worker(parent.parent()):
+                out.append((proc.pid, parent.pid, proc.uids().real))
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 def job_uid_processes(p: VerifierPool) -> list:
@@ -60,3 +79,20 @@ def job_uid_processes(p: VerifierPool) -> list:
         if uids and uids.real in cand:
             out.append(proc)
     return out
+
+
+def settle(pools, before, timeout=5.0):
+    """Wait until the pools' warm processes are `before` again, no job process is left anywhere, and
+    all that runs below a worker is its judge (one forked at the end of a job is briefly still root);
+    return (warm pids, stray processes)."""
+    deadline = time.time() + timeout
+    while True:
+        after = warm_processes(pools)
+        stray = [x for p in pools for x in job_uid_processes(p)]
+        below = below_workers(pools)
+        stray += [pid for pid, _, uid in below if uid == 0]  # not (yet) a judge
+        parents = [ppid for _, ppid, _ in below]
+        stray += [pid for pid, ppid, _ in below if parents.count(ppid) > 1]  # more than the judge
+        if (after == before and not stray) or time.time() > deadline:
+            return after, stray
+        time.sleep(0.05)

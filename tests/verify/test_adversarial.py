@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from conftest import descendants, job_uid_processes, warm_processes
+from conftest import settle, warm_processes
 
 SECRET = os.environ["JAXDIFF_VERIFY_TEST_SECRET"]  # set in conftest before any pool starts
 FAIL_IF_HONEST = "assert f(1) == 2"  # f returns 1 unless it cheats
@@ -21,19 +21,10 @@ FAIL_IF_HONEST = "assert f(1) == 2"  # f returns 1 unless it cheats
 
 @pytest.fixture(autouse=True)
 def back_to_baseline(pool):
-    """Around every test: the pool's warm processes, and job processes anywhere on the machine."""
+    """Around every test: the pool's warm processes, its judges, and job processes machine-wide."""
     before = warm_processes([pool])
-    judges = len(descendants()) - len(before)
     yield
-    deadline = time.time() + 5
-    while True:
-        after = warm_processes([pool])
-        stray = job_uid_processes(pool)
-        if len(descendants()) - len(after) != judges:
-            stray.append(f"{judges} judge(s) before, {len(descendants()) - len(after)} after")
-        if (after == before and not stray) or time.time() > deadline:
-            break
-        time.sleep(0.05)
+    after, stray = settle([pool], before)
     assert after == before, f"process tree changed: {before} -> {after}"
     assert not stray, f"job processes left running: {stray}"
     assert pool.run([{"id": "next", "program": "def f(x): return x + 1", "tests": "assert f(1) == 2"}])[0]["passed"]

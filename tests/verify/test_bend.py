@@ -11,7 +11,7 @@ import pytest
 from jaxdiff.verify import VerifierPool, bend
 from recorded_bend import recorded as R
 
-from conftest import job_uid_processes, warm_processes
+from conftest import settle, warm_processes
 
 E = "\x1b[1m\x1b[31mErrors:\x1b[0m\n"
 
@@ -139,7 +139,7 @@ def test_a_runaway_hvm_child_is_killed(bend_pool):
     r = bend_pool.run([_job(0, R.LOOP)])[0]
     assert r["status"] == "timeout" and time.perf_counter() - t < 2.0 + 3
     assert bend_pool.run([_job(1, R.ANSWER, expected_result="42")])[0]["status"] == "passed"
-    assert warm_processes([bend_pool]) == before and not job_uid_processes(bend_pool)
+    assert settle([bend_pool], before) == (before, [])
 
 
 def test_bend_jobs_are_rejected_without_bend():
@@ -181,7 +181,7 @@ def test_real_bend(real_pool, runtime):
 def test_real_bend_runaway_is_contained(real_pool):
     before = warm_processes([real_pool])
     assert real_pool.run([_job(0, R.LOOP)])[0]["status"] in ("timeout", "memory")
-    assert warm_processes([real_pool]) == before and not job_uid_processes(real_pool)
+    assert settle([real_pool], before) == (before, [])
 
 
 @needs_bend
