@@ -64,8 +64,8 @@ def main(argv=None) -> int:
             for res in pool.imap(_read_jobs(args.input, linenos)):
                 lineno = linenos.popleft()
                 if res["status"] == "rejected":
-                    res["detail"] = f"line {lineno}: {res['detail']}"
                     print(f"{args.input}:{lineno}: rejected: {res['detail']}", file=sys.stderr)
+                    res["detail"] = f"line {lineno}: {res['detail']}"
                 out.write(json.dumps(res, ensure_ascii=False) + "\n")
                 out.flush()
                 counts[res["status"]] += 1
