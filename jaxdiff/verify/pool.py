@@ -200,12 +200,14 @@ class VerifierPool:
                 break
             seq, job = item
             try:
+                if proc is None:
+                    proc = self._spawn(i)
                 res, proc = self._run_on(i, proc, job)
-            except Exception as e:  # never lose a job to a bug here
+            except Exception as e:  # never lose a job: it gets an error, the next one a new worker
                 log.exception("verifier thread %d", i)
                 res = J.result(job.get("id"), "error", f"pool error: {type(e).__name__}: {e}")
                 _stop(proc)
-                proc = self._spawn(i)
+                proc = None
             self._store(seq, res)
         _stop(proc)
         self._workers[i] = None

@@ -36,7 +36,7 @@ def test_cli_end_to_end(tmp_path):
     assert res[1]["detail"].startswith("line 2: invalid JSON")
     assert res[3]["detail"].startswith("line 5: missing field 'program'")
     assert res[5]["detail"].startswith("line 7: a job must be a JSON object")
-    assert "line 2" in r.stderr and "line 5" in r.stderr
+    assert f"{jobs}:2: rejected: invalid JSON" in r.stderr and f"{jobs}:5: rejected" in r.stderr
     assert "7 jobs in" in r.stdout and "jobs/s" in r.stdout
     assert "passed 2, failed 1, timeout 1, rejected 3" in r.stdout
 
@@ -50,3 +50,11 @@ def test_cli_refuses_without_sandbox_primitive(tmp_path):
                         str(tmp_path / "out.jsonl")], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "bwrap" in r.stderr and "MISSING" in r.stderr
     assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_no_jax_anywhere_in_verify():
+    code = ("import sys, jaxdiff.verify, jaxdiff.verify.reward, jaxdiff.verify.worker, jaxdiff.verify.__main__\n"
+            "assert not [m for m in sys.modules if m == 'jax' or m.startswith('jax.')], 'jax imported'")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
