@@ -100,6 +100,8 @@ def bwrap_argv(bwrap: str, keep_paths: list[str], bind_rw: list[str], tmp_mb: in
     masked = [d for d in MASKED_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     for d in masked:
         argv += ["--tmpfs", d]
+    argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp"]
+    masked.append("/tmp")  # a checkout or venv under /tmp must come back too
     # a kept path under a masked dir comes back read-only (a kept path that *is* a masked dir too)
     made = set()
     for p in _top_level(keep_paths):
@@ -113,7 +115,7 @@ def bwrap_argv(bwrap: str, keep_paths: list[str], bind_rw: list[str], tmp_mb: in
                 made.add(a)
                 argv += ["--perms", "0755", "--dir", a]
         argv += ["--ro-bind", p, p]
-    argv += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp", "--proc", "/proc", "--dev", "/dev"]
+    argv += ["--proc", "/proc", "--dev", "/dev"]
     for p in bind_rw:
         argv += ["--bind", p, p]
     if os.geteuid() == 0:
