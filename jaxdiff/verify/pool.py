@@ -28,6 +28,7 @@ import threading
 import time
 
 from jaxdiff.verify import jobs as J
+from jaxdiff.verify import bend as bend_backend
 from jaxdiff.verify import proto, sandbox
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,9 @@ class VerifierPool:
                 raise job
             checked = J.validate(job, self.limits)
             if checked["language"] == "bend" and self.bend is None:
-                raise J.JobError(f"bend is not on PATH ({sandbox_hint()})")
+                raise J.JobError(f"bend is not on PATH ({bend_backend.INSTALL_HINT})")
             if checked["language"] == "bend" and checked["runtime"].startswith("hvm-") and self.hvm is None:
-                raise J.JobError(f"hvm is not on PATH ({sandbox_hint()})")
+                raise J.JobError(f"hvm is not on PATH ({bend_backend.INSTALL_HINT})")
         except J.JobError as e:
             self._store(seq, J.result(J.job_id(job), "rejected", str(e), detail_chars=self.limits.detail_chars))
             return seq
@@ -304,12 +305,6 @@ def _take_slot() -> int:
 def _free_slot(slot: int):
     with _slots_lock:
         _slots_used.discard(slot)
-
-
-def sandbox_hint():
-    from jaxdiff.verify.bend import INSTALL_HINT
-
-    return INSTALL_HINT
 
 
 def _which(name):
