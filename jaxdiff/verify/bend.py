@@ -1,0 +1,105 @@
+"""Bend/HVM backend: the command line for each runtime, the output parser, and the verdict.
+
+Facts this relies on (recorded from bend-lang 0.2.38 / hvm 2.0.22, see docs/verify.md):
+  * success: stdout holds what the program printed through IO, then `Result: <value>`; with `-s`
+    the lines `- ITRS: n`, `- TIME: x.xxs`, `- MIPS: x.xx` follow. `hvm run*` always prints them.
+  * failure: diagnostics on stderr, coloured with ANSI codes even off a terminal; stdout empty;
+    exit 1 (errors), 2 (bad flag) or 101 (hvm panic).
+  * `run-cu` exits 0 with `Result: <Invalid>` when GPU memory runs out, and `bend` ignores the
+    exit status of the `hvm` it runs: neither the exit code nor a `Result:` line alone is trusted.
+  * `bend run-*` writes `.out.hvm` into the current directory: each job gets its own scratch dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+_STAT = re.compile(r"^- (ITRS|TIME|MIPS): *([0-9.eE+-]+)s?\s*$")
+_ERROR_MARKERS = ("Errors:", "error:", "panicked at", "HVM output had no result", "PARSE_ERROR",
+                  "was not found", "has no 'main' definition", "Unbound variable")
+INSTALL_HINT = "cargo install hvm@2.0.22 bend-lang@0.2.38"
+
+
+def command(runtime: str, bend: str | None, hvm: str | None) -> list:
+    """argv for a job's runtime, run in a scratch dir holding main.bend.
+
+    `bend run-X -s main.bend`, or for `hvm-run*`: ["gen-hvm", <bend gen-hvm argv>, <hvm argv>]
+    (the worker writes the generated net to main.hvm, then runs hvm on it).
+    """
+    if bend is None:
+        raise FileNotFoundError(f"bend is not installed ({INSTALL_HINT})")
+    if runtime in ("run-rs", "run-c", "run-cu"):
+        return [bend, runtime, "-s", "main.bend"]  # options before the file: what follows it goes to main
+    if runtime in ("hvm-run", "hvm-run-c", "hvm-run-cu"):
+        if hvm is None:
+            raise FileNotFoundError(f"hvm is not installed ({INSTALL_HINT})")
+        return ["gen-hvm", [bend, "gen-hvm", "main.bend"], hvm, runtime[len("hvm-"):], "main.hvm"]
+    raise ValueError(f"unknown Bend runtime {runtime!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BendRun:
+    """What one run said. `result` is the text after `Result:` (None if there was none)."""
+
+    result: str | None
+    printed: str
+    stats: dict
+    errors: str
+    exit_code: int
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def parse_output(stdout: str, stderr: str, exit_code: int) -> BendRun:
+    out = strip_ansi(stdout).replace("\r\n", "\n")
+    lines = out.split("\n")
+    result, printed, stats = None, [], {}
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if result is None and line.startswith("Result:"):
+            value = line[len("Result:"):].strip()
+            if not value:  # `-p`: the term is on the following line(s)
+                body = []
+                while i + 1 < len(lines) and lines[i + 1].strip() and not _STAT.match(lines[i + 1]):
+                    i += 1
+                    body.append(lines[i].strip())
+                value = " ".join(body)
+            result = value
+        elif (m := _STAT.match(line)) is not None:
+            key, num = m.group(1), m.group(2)
+            try:
+                stats[{"ITRS": "itrs", "TIME": "time_s", "MIPS": "mips"}[key]] = int(num) if key == "ITRS" else float(num)
+            except ValueError:
+                pass
+        elif result is None:
+            printed.append(line)
+        i += 1
+    printed_text = "\n".join(printed).rstrip("\n")
+    return BendRun(result=result, printed=printed_text, stats=stats,
+                   errors=strip_ansi(stderr).strip(), exit_code=exit_code)
+
+
+def verdict(run: BendRun, expected_result: str | None, expected_stdout: str | None) -> tuple[str, str]:
+    """(status, detail). Passing needs exit 0, no diagnostics, a valid result, and every expectation met."""
+    if run.exit_code != 0 or run.result is None or any(m in run.errors for m in _ERROR_MARKERS):
+        why = run.errors.splitlines()
+        first = "; ".join(line.strip() for line in why if line.strip())[:600] or "no diagnostics"
+        if run.exit_code < 0:
+            return "error", f"bend was killed by signal {-run.exit_code}: {first}"
+        return "error", f"bend failed (exit {run.exit_code}{', no Result line' if run.result is None else ''}): {first}"
+    if run.result == "<Invalid>":
+        return "error", "the runtime returned <Invalid> (with run-cu: GPU memory ran out)"
+    if expected_result is not None and run.result.strip() != expected_result.strip():
+        return "failed", f"wrong result: expected {expected_result.strip()!r}, got {run.result!r}"
+    if expected_stdout is not None and _norm(run.printed) != _norm(expected_stdout):
+        return "failed", f"wrong output: expected {expected_stdout[:200]!r}, got {run.printed[:200]!r}"
+    return "passed", ""
+
+
+def _norm(s: str) -> str:
+    return "\n".join(line.rstrip() for line in s.strip().splitlines())
