@@ -307,6 +307,9 @@ def train(c, *, progress: bool = True) -> dict:
                 save(run, force=True)
                 break
     run.manager.wait_until_finished()
+    if not final and not stopped:   # resumed at the last step: nothing ran, still report
+        with use_mesh(run.mesh):
+            final = evaluate(run)
     if writer:
         writer.close()
     return {"step": run.step, "eval": final, "history": history, "stopped": stopped, "run": run}
