@@ -14,7 +14,6 @@ import os
 import signal
 import time
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,8 +156,17 @@ def save(run: Run, *, force: bool = False) -> None:
     run.manager.save(run.step, force=force, args=ocp.args.Composite(
         trainable=ocp.args.StandardSave(nnx.to_pure_dict(run.trainable)),
         opt_state=ocp.args.StandardSave(run.opt_state),
-        data=grain.checkpoint.CheckpointSave(run.train_iter),
+        data=ocp.args.JsonSave(run.train_iter.get_state()),
         meta=ocp.args.JsonSave({"step": run.step, "config": run.config.to_json()})))
+
+
+def _iterator_state_from_json(state):
+    """grain's packing state holds (start, end) tuples that JSON returns as lists, and grain then
+    misreads them (it resumes at a different row); put the tuples back."""
+    if isinstance(state, dict):
+        return {k: ({f: tuple(v) for f, v in val.items()} if k == "remainder_slices" else
+                    _iterator_state_from_json(val)) for k, val in state.items()}
+    return state
 
 
 def _abstract(tree):
@@ -178,12 +186,13 @@ def restore(run: Run, step: int | None = None) -> bool:
             out = run.manager.restore(s, args=ocp.args.Composite(
                 trainable=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(run.trainable))),
                 opt_state=ocp.args.StandardRestore(_abstract(run.opt_state)),
-                data=grain.checkpoint.CheckpointRestore(run.train_iter),
+                data=ocp.args.JsonRestore(),
                 meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for damaged files
             log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an older one", s,
                         run.manager.directory, type(e).__name__, str(e)[:200])
             continue
+        run.train_iter.set_state(_iterator_state_from_json(out["data"]))
         nnx.replace_by_pure_dict(run.trainable, out["trainable"])
         run.opt_state = out["opt_state"]
         run.step = int(out["meta"]["step"])
