@@ -91,7 +91,8 @@ def _model(c, tokenizer, mesh):
                 add_lora(model, h, cfg_lib.lora_spec(c, h), seed=c.seed)
     if c.objective.length_weight:
         add_length_head(model, cfg_lib.length_edges(c), hidden=c.length_head.hidden, seed=c.seed)
-    place(model, mesh)
+    if mesh is not None:
+        place(model, mesh)
     return model
 
 
@@ -202,6 +203,39 @@ def restore(run: Run, step: int | None = None) -> bool:
     return False
 
 
+def is_workdir(path: str) -> bool:
+    """Whether `path` is a training workdir (it has a checkpoints/ folder of step checkpoints)."""
+    return os.path.isdir(os.path.join(path, "checkpoints"))
+
+
+def load_trained(workdir: str, step: int | None = None):
+    """(model, tokenizer, config) of a training run, for sampling: the config saved with the
+    checkpoint rebuilds the model (base from model.checkpoint, or the from-scratch shape), then the
+    trained tree of `step` (default: the newest) is restored into it. Unsharded (one device)."""
+    from ml_collections import ConfigDict
+
+    workdir = os.path.abspath(workdir)
+    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("trainable", "meta"))
+    steps = sorted(manager.all_steps())
+    if not steps:
+        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoints (train first, or pass a converted checkpoint)")
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        raise ValueError(f"{workdir}: no checkpoint at step {step} (have {steps})")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    c = ConfigDict(json.loads(meta["config"]))
+    tokenizer = _tokenizer(c, workdir)
+    model = _model(c, tokenizer, mesh=None)
+    _, _, trainable = st.split(model, full_training=c.lora.full_training)
+    out = manager.restore(step, args=ocp.args.Composite(
+        trainable=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(trainable)))))
+    nnx.replace_by_pure_dict(trainable, out["trainable"])
+    nnx.update(model, trainable)
+    manager.close()
+    return model, tokenizer, c
+
+
 # ----------------------------------------------------------------------------- eval / logging
 def evaluate(run: Run) -> dict:
     c = run.config
@@ -231,7 +265,7 @@ def _flops_per_token(run: Run) -> float:
 
 
 def sample_text(run: Run) -> str:
-    from jaxdiff.sample.generate import generate
+    from jaxdiff.sample.sampler import generate
 
     s = run.config.sample
     ids = run.tokenizer(s.prompt, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,102 @@
+"""Infilling and the AR-scaffold + diffusion-infill pipeline.
+
+`infill` fills every mask token of a sequence (any number of spans, anywhere) with the diffusion
+head, bidirectionally: the masked positions, in order, are cut into blocks of block_length, filled
+block after block with the same step schedule and policies as `generate`. Every given token stays
+as it is. `fill_span` is the prefix/suffix form.
+
+`scaffold_then_infill` is the pipeline of the seed design: the AR head writes the scaffold (the
+signature, docstring and structure lines) causally with its own KV cache, up to a stop token; then
+the diffusion head writes the body after it block-parallel.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdiff.sample.ar import ar_generate
+from jaxdiff.sample.sampler import _denoise_block, _Settings, generate
+from jaxdiff.sample.policies import get_policy
+
+
+def _infill(model, x, valid, key, s: _Settings, n_blocks: int):
+    b, l = x.shape
+    masked = x == s.mask_id
+    order = jnp.cumsum(masked, axis=1) - 1                       # index of each mask among its row's
+    block_of = jnp.where(masked, order // s.block_length, -1)    # [B, L]
+
+    def logits_at(x):
+        return model.forward(x, lora=s.lora, attention="bidirectional", padding_mask=valid).logits
+
+    steps = nfe = jnp.int32(0)
+    for blk in range(n_blocks):
+        x, n, f, _ = _denoise_block(s, x, (0, l), block_of == blk, logits_at, None, jax.random.fold_in(key, blk),
+                                    steps, None)
+        steps, nfe = steps + n, nfe + f
+    return x, steps, nfe
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings", "n_blocks"))
+def _infill_jit(graphdef, state, x, valid, key, settings, n_blocks):
+    return _infill(nnx.merge(graphdef, state), x, valid, key, settings, n_blocks)
+
+
+def infill(model, tokens, *, block_length: int, steps_per_block: int | None = None, policy="low_confidence",
+           temperature: float = 0.0, mask_id: int | None = None, key=None, valid=None, lora: str | None = "diffusion"):
+    """tokens [B, L] with mask tokens where text is missing -> (tokens [B, L] filled, stats dict).
+    valid [B, L]: False on padding (default: all real). steps_per_block: None = one token per step."""
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    if mask_id is None:
+        raise ValueError("no mask token: pass mask_id or use a model whose config has mask_token_id")
+    x = jnp.asarray(tokens, jnp.int32)
+    if x.ndim != 2:
+        raise ValueError(f"tokens must be [batch, length], got shape {x.shape}")
+    valid = jnp.ones(x.shape, bool) if valid is None else jnp.asarray(valid, bool)
+    n_masked = int(np.max(np.sum(np.asarray(x) == mask_id, axis=1)))
+    if n_masked == 0:
+        return x, {"steps": 0, "forward_passes": 0}
+    n_blocks = -(-n_masked // block_length)
+    per_block = block_length if steps_per_block is None else steps_per_block
+    lora = lora if lora in getattr(model, "lora_heads", ()) else None
+    s = _Settings(gen_length=n_blocks * block_length, block_length=block_length, steps=per_block * n_blocks,
+                  policy=get_policy(policy), temperature=float(temperature), cfg_scale=0.0, mask_id=int(mask_id),
+                  eos_id=None, attention="bidirectional", cache="none", lora=lora, trace=False, on_block=None)
+    graphdef, state = nnx.split(model)
+    out, n, f = _infill_jit(graphdef, state, x, valid, jax.random.key(0) if key is None else key, s, n_blocks)
+    return out, {"steps": int(n), "forward_passes": int(f)}
+
+
+def fill_span(model, prefix_ids, suffix_ids, span_length: int, **kw):
+    """One row: prefix + span_length generated tokens + suffix -> (tokens [1, len], stats dict)."""
+    mask_id = model.config.mask_token_id if kw.get("mask_id") is None else kw["mask_id"]
+    row = list(prefix_ids) + [mask_id] * span_length + list(suffix_ids)
+    return infill(model, jnp.asarray([row], jnp.int32), **kw)
+
+
+def scaffold_then_infill(model, prompt_ids, *, scaffold_max_tokens: int, scaffold_stop_ids, gen_length: int,
+                         block_length: int, steps: int | None = None, policy="low_confidence",
+                         temperature: float = 0.0, key=None, **diffusion_kw):
+    """One prompt [P] (a list of ids) -> (ids of prompt + scaffold + body, info dict).
+
+    The AR head continues the prompt causally (KV cache) until one of scaffold_stop_ids (e.g. the
+    token that closes the docstring, or a blank line) or scaffold_max_tokens; the scaffold keeps
+    its stop token. The diffusion head then writes gen_length tokens after it, block by block."""
+    key = jax.random.key(0) if key is None else key
+    k_ar, k_diff = jax.random.split(key)
+    p = len(prompt_ids)
+    ar_out, ar_stats = ar_generate(model, jnp.asarray([prompt_ids], jnp.int32), max_new_tokens=scaffold_max_tokens,
+                                   temperature=temperature, key=k_ar, stop_ids=scaffold_stop_ids)
+    new = np.asarray(ar_out[0, p:]).tolist()[:ar_stats.tokens]
+    stops = set(int(t) for t in scaffold_stop_ids)
+    cut = next((i + 1 for i, t in enumerate(new) if t in stops), len(new))
+    scaffold = new[:cut]
+    out, d_stats = generate(model, jnp.asarray([list(prompt_ids) + scaffold], jnp.int32), gen_length=gen_length,
+                            block_length=block_length, steps=steps, policy=policy, temperature=temperature,
+                            key=k_diff, **diffusion_kw)
+    info = {"scaffold_tokens": len(scaffold), "ar_forward_passes": ar_stats.forward_passes,
+            "diffusion": d_stats, "forward_passes": ar_stats.forward_passes + d_stats.forward_passes}
+    return np.asarray(out[0]).tolist(), info

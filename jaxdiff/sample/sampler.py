@@ -1,0 +1,373 @@
+"""Semi-autoregressive block diffusion sampling (LLaDA), with Fast-dLLM's threshold decoding and caches.
+
+The answer (gen_length mask tokens after the prompt) is split into blocks of block_length; each
+block gets steps * block_length / gen_length denoising steps; at each step the model predicts
+every position and the policy commits the best masked positions of the current block (the count
+per step split as evenly as possible, remainder on the first steps; threshold policies commit
+what clears the threshold, at least one). Committed tokens never change.
+
+Caches (`cache=`):
+  none    every step runs the whole sequence (exact, the reference)
+  block   attention="block": prompt and finished blocks are cached once, a step runs only the
+          current block. Exact: in block attention nothing earlier can see what comes later.
+  prefix  attention="bidirectional", Fast-dLLM prefix cache: at each block's first step the whole
+          sequence runs and the keys/values before the block are kept for the block's other steps,
+          which run the block and everything after it. Approximate (the prefix's keys no longer
+          see the later blocks as they fill in).
+  dual    as prefix, and the keys/values after the block are kept too: a step runs only the block.
+          Approximate, the cheapest per step.
+
+The blocks are unrolled at trace time (their slices are static) and each block's denoising loop is
+a `lax.while_loop`: one compile per (batch, prompt length, gen_length, block_length, settings).
+Batches of prompts of different lengths are left-padded (`prompt_mask`). Deterministic given the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxdiff.model.kv_cache import KVCache
+from jaxdiff.sample.policies import get_policy
+
+CACHES = ("auto", "none", "block", "prefix", "dual")
+
+
+@dataclasses.dataclass
+class SampleStats:
+    """Per call: denoising steps taken (summed over blocks), model forward passes (denoising steps,
+    cache fills and block commits; with classifier-free guidance each pass runs a doubled batch),
+    answer tokens decoded by the model per row (EOS fill after an early stop not counted), the
+    answer length used, and the number of blocks actually run."""
+
+    steps: int
+    forward_passes: int
+    tokens: float
+    gen_length: int
+    blocks: int
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / max(self.forward_passes, 1)
+
+
+# ----------------------------------------------------------------------------- pure pieces
+def transfer_schedule(n_masked: jax.Array, steps: int) -> jax.Array:
+    """[B] masked counts -> [B, steps] tokens to commit per step (remainder on the first steps)."""
+    base = n_masked // steps
+    rem = n_masked % steps
+    return base[:, None] + (jnp.arange(steps)[None, :] < rem[:, None]).astype(jnp.int32)
+
+
+def gumbel_argmax(logits, temperature: float, key):
+    """argmax of logits + temperature * Gumbel noise (temperature 0: plain argmax); the same
+    distribution as LLaDA's argmax(exp(logits) / (-log u) ** temperature)."""
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1)
+    u = jax.random.uniform(key, logits.shape, minval=1e-20, maxval=1.0)
+    return jnp.argmax(logits - temperature * jnp.log(-jnp.log(u)), axis=-1)
+
+
+def commit_top(scores, eligible, k):
+    """Boolean [B, L]: the k[b] highest scores among eligible positions (ties: lower index first)."""
+    s = jnp.where(eligible, scores, -jnp.inf)
+    order = jnp.argsort(-s, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1, stable=True)
+    return (rank < k[:, None]) & eligible
+
+
+def commit_threshold(scores, eligible, threshold: float):
+    """Boolean [B, L]: the best eligible position and every eligible one scoring above threshold."""
+    best = commit_top(scores, eligible, jnp.ones(scores.shape[:1], jnp.int32))
+    return (best | (scores > threshold)) & eligible
+
+
+def cfg_combine(cond, uncond, scale: float):
+    """LLaDA's classifier-free guidance: uncond + (scale + 1) * (cond - uncond)."""
+    return uncond + (scale + 1.0) * (cond - uncond)
+
+
+def fill_after_eos(x, answer_start: int, eos_id: int):
+    """Every answer position after a row's first EOS becomes EOS; returns (x, row has EOS)."""
+    col = jnp.arange(x.shape[1])[None]
+    is_eos = (x == eos_id) & (col >= answer_start)
+    first = jnp.min(jnp.where(is_eos, col, x.shape[1]), axis=1)
+    return jnp.where(col > first[:, None], eos_id, x), first < x.shape[1]
+
+
+# ----------------------------------------------------------------------------- the sampler
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    gen_length: int
+    block_length: int
+    steps: int
+    policy: object
+    temperature: float
+    cfg_scale: float
+    mask_id: int
+    eos_id: int | None
+    attention: str
+    cache: str
+    lora: str | None
+    trace: bool
+    on_block: Callable | None
+
+
+def _denoise_block(s: _Settings, x, window: tuple[int, int], in_block, logits_at, first_logits, key, step0,
+                  record):
+    """Runs one block's denoising loop over the static window [w0, w0 + W) of x [B, L], which holds
+    the block; in_block [B, W] marks the block's positions in it. logits_at(x) -> float32 logits
+    [B, W, V] of the window; first_logits: the block's first step's logits, already computed (the
+    cache-filling pass), or None. record [B, L] int32 (or None) gets the global step index at which
+    each position is committed. Returns (x, steps, forward passes, record)."""
+    w0, w = window
+    win = lambda a: jax.lax.slice_in_dim(a, w0, w0 + w, axis=1)
+    put = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, w0, axis=1)
+    masked0 = (win(x) == s.mask_id) & in_block
+    n_blocks = s.gen_length // s.block_length
+    fixed = s.policy.threshold is None
+    max_steps = s.steps // n_blocks if fixed else s.block_length
+    counts = transfer_schedule(jnp.sum(masked0, axis=1), max_steps) if fixed else None
+
+    def cond(c):
+        return (c[1] < max_steps) & jnp.any((win(c[0]) == s.mask_id) & in_block)
+
+    def body(c):
+        x, i, nfe, rec = c
+        k_noise, k_score = jax.random.split(jax.random.fold_in(key, i))
+        if first_logits is None:
+            logits, called = logits_at(x), 1
+        else:
+            logits = jax.lax.cond(i == 0, lambda: first_logits, lambda: logits_at(x))
+            called = jnp.where(i == 0, 0, 1)
+        xw = win(x)
+        x0 = gumbel_argmax(logits, s.temperature, k_noise).astype(x.dtype)
+        scores = s.policy.score(logits, x0, k_score)
+        eligible = (xw == s.mask_id) & in_block
+        if fixed:
+            commit = commit_top(scores, eligible, counts[:, jnp.minimum(i, max_steps - 1)])
+        else:
+            commit = commit_threshold(scores, eligible, s.policy.threshold)
+        if rec is not None:
+            rec = put(rec, jnp.where(commit, step0 + i, win(rec)))
+        return put(x, jnp.where(commit, x0, xw)), i + 1, nfe + called, rec
+
+    x, i, nfe, record = jax.lax.while_loop(cond, body, (x, jnp.int32(0), jnp.int32(0), record))
+    return x, i, nfe, record
+
+
+def _sample(model, prompt_ids, prompt_mask, answer, key, s: _Settings):
+    """The traced body of `generate`. answer [B, G]: the answer's starting tokens (mask, or EOS
+    past a row's predicted length). Returns (tokens [B, P + G], stats arrays, record or None)."""
+    b, p = prompt_ids.shape
+    g, bl = s.gen_length, s.block_length
+    total = p + g
+    n_blocks = g // bl
+    plen = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)        # real prompt tokens per row
+    valid = jnp.concatenate([prompt_mask, jnp.ones((b, g), bool)], axis=1)
+    x = jnp.concatenate([prompt_ids, answer.astype(prompt_ids.dtype)], axis=1)
+    cfg = s.cfg_scale > 0
+    lora = s.lora
+
+    def expand(xs, col0):
+        """The model input for columns [col0, col0 + W): doubled with the prompt masked under CFG."""
+        if not cfg:
+            return xs
+        prompt_col = (col0 + jnp.arange(xs.shape[1]))[None] < p
+        return jnp.concatenate([xs, jnp.where(prompt_col, s.mask_id, xs)], axis=0)
+
+    rep = (lambda a: jnp.concatenate([a, a], axis=0)) if cfg else (lambda a: a)
+
+    def guide(logits):
+        return cfg_combine(logits[:b], logits[b:], s.cfg_scale) if cfg else logits
+
+    def head(hidden, lo, hi):
+        """float32 logits of hidden rows [lo, hi) only (the vocab matmul is the costliest part)."""
+        return guide(model.head(hidden[:, lo:hi]))
+
+    def run(tokens, **kw):
+        return model.forward(tokens, lora=lora, logits=False, **kw)
+
+    record = jnp.full((b, total), -1, jnp.int32) if s.trace else None
+    steps = nfe = blocks_run = jnp.int32(0)
+    done = jnp.zeros((b,), bool)
+    cache = None
+    if s.cache == "block":   # the prompt is block 0 of the cache
+        cache = KVCache.empty(model.config, b * (2 if cfg else 1), total, dtype=model.dtype)
+        cache = run(expand(prompt_ids, 0), attention="block", padding_mask=rep(prompt_mask), cache=cache,
+                    commit=True).cache
+        nfe += 1
+    for blk in range(n_blocks):
+        start, end = p + blk * bl, p + (blk + 1) * bl
+        bkey = jax.random.fold_in(key, blk)
+
+        def one_block(carry, blk=blk, start=start, end=end, bkey=bkey):
+            x, steps, nfe, blocks_run, record, cache = carry
+            in_block = jnp.ones((b, bl), bool)
+            first, extra = None, 0
+            if s.cache == "none":
+                def logits_at(x):
+                    h = run(expand(x, 0), attention=s.attention, block_size=bl, prompt_lengths=rep(plen),
+                            padding_mask=rep(valid)).hidden
+                    return head(h, start, end)
+            elif s.cache == "block":
+                def logits_at(x):
+                    h = run(expand(x[:, start:end], start), attention="block", cache=cache).hidden
+                    return head(h, 0, bl)
+            else:   # prefix / dual: one full pass fills the cache and gives the first step's logits
+                full = run(expand(x, 0), attention="bidirectional", padding_mask=rep(valid),
+                           cache=KVCache.empty(model.config, rep(x).shape[0], total, dtype=model.dtype), commit=True)
+                first, extra = head(full.hidden, start, end), 1
+                c = full.cache
+                block_pos = rep(plen) + (start - p)                  # position of the block's first token
+                if s.cache == "prefix":
+                    c = c.replace(k=c.k[:, :, :start], v=c.v[:, :, :start], rank=c.rank[:, :start],
+                                  valid=c.valid[:, :start], length=jnp.int32(start), next_pos=block_pos)
+                    q_end = total                                    # the block and all after it
+                else:
+                    keep = (jnp.arange(total) < start) | (jnp.arange(total) >= end)
+                    c = c.replace(valid=c.valid & keep[None], next_pos=block_pos)
+                    q_end = end                                      # the block alone
+                kept = c
+
+                def logits_at(x):
+                    h = run(expand(x[:, start:q_end], start), attention="bidirectional", cache=kept).hidden
+                    return head(h, 0, bl)
+            x, n, f, record = _denoise_block(s, x, (start, bl), in_block, logits_at, first,
+                                             bkey, steps, record)
+            steps, nfe = steps + n, nfe + f + extra
+            if s.cache == "block" and blk + 1 < n_blocks:   # the finished block joins the cache
+                cache = run(expand(x[:, start:end], start), attention="block", cache=cache, commit=True).cache
+                nfe += 1
+            return x, steps, nfe, blocks_run + 1, record, cache
+
+        carry = (x, steps, nfe, blocks_run, record, cache)
+        if s.eos_id is None:
+            carry = one_block(carry)
+        else:   # early stop: once every row has committed EOS, later blocks are skipped
+            carry = jax.lax.cond(jnp.all(done), lambda c: c, one_block, carry)
+        x, steps, nfe, blocks_run, record, cache = carry
+        if s.eos_id is not None:
+            x, done = fill_after_eos(x, p, s.eos_id)
+        if s.on_block is not None:
+            jax.debug.callback(s.on_block, blk, x[:, start:end], done, ordered=True)
+    decoded = jnp.mean(jnp.sum(_decoded(x, p, s.eos_id), axis=1).astype(jnp.float32))
+    return x, (steps, nfe, decoded, blocks_run), record
+
+
+def _decoded(x, p, eos_id):
+    """[B, G] answer positions up to and including the first EOS (what the model decoded)."""
+    ans = x[:, p:]
+    if eos_id is None:
+        return jnp.ones(ans.shape, bool)
+    seen = jnp.cumsum(ans == eos_id, axis=1)
+    return (seen == 0) | ((seen == 1) & (ans == eos_id))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
+def _sample_jit(graphdef, state, prompt_ids, prompt_mask, answer, key, settings):
+    return _sample(nnx.merge(graphdef, state), prompt_ids, prompt_mask, answer, key, settings)
+
+
+def _length_from_head(model, prompt_ids, prompt_mask) -> np.ndarray:
+    """[B] answer lengths the length head predicts (the upper edge of its argmax bucket)."""
+    graphdef, state = nnx.split(model)
+    return np.asarray(_length_jit(graphdef, state, prompt_ids, prompt_mask))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _length_jit(graphdef, state, prompt_ids, prompt_mask):
+    model = nnx.merge(graphdef, state)
+    lora = "length" if "length" in getattr(model, "lora_heads", ()) else None
+    hidden = model.forward(prompt_ids, lora=lora, attention="bidirectional", padding_mask=prompt_mask,
+                           logits=False).hidden
+    head = model.length_head
+    return head.length_of(jnp.argmax(head(hidden, prompt_mask), axis=-1))
+
+
+def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, steps: int | None = None,
+             policy="low_confidence", temperature: float = 0.0, cfg_scale: float = 0.0, mask_id: int | None = None,
+             key: jax.Array | None = None, attention: str = "bidirectional", cache: str = "auto",
+             prompt_mask=None, stop_at_eos: bool = True, max_gen_length: int | None = None,
+             lora: str | None = "diffusion", on_block: Callable | None = None, trace: bool = False):
+    """Block diffusion sampling. prompt_ids [B, P] (left-padded; prompt_mask [B, P] True on real
+    tokens, default all) -> (tokens [B, P + gen_length], SampleStats[, record]).
+
+    gen_length: answer tokens, a multiple of block_length; "auto": the length head's prediction per
+      row (the batch runs the longest, rounded up to a block; positions past a row's own predicted
+      length start as EOS), capped by max_gen_length.
+    steps: denoising steps over the whole answer, a multiple of the number of blocks (None: one per
+      token). Threshold policies ignore it: each block runs until it is full.
+    policy: a policy object or name (see policies.py); temperature: Gumbel noise on the logits
+      (0 = greedy); cfg_scale: classifier-free guidance (0 = off; the unconditional pass masks the
+      prompt). mask_id defaults to the model config's mask token.
+    attention: "bidirectional" or "block"; cache: "auto" (block for attention="block", else none),
+      "none", "block", "prefix", "dual" (see the module docstring).
+    stop_at_eos: once a row commits EOS the rest of its answer is EOS; when every row has, the
+      remaining blocks are skipped. lora: the adapter head used, if the model has it.
+    on_block(index, tokens [B, block_length], done [B]) is called on the host as each block is
+      finished (for streaming output). trace: also return record [B, P + G] int32, the step at
+      which each position was committed (-1: prompt / EOS fill).
+    """
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    if mask_id is None:
+        raise ValueError("no mask token: pass mask_id or use a model whose config has mask_token_id")
+    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
+    if prompt_ids.ndim != 2:
+        raise ValueError(f"prompt_ids must be [batch, length], got shape {prompt_ids.shape}")
+    b, p = prompt_ids.shape
+    prompt_mask = jnp.ones((b, p), bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
+    if prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids shape {prompt_ids.shape}")
+    if block_length <= 0:
+        raise ValueError(f"block_length={block_length} must be positive")
+    eos_id = model.config.eos_token_id if stop_at_eos else None
+    row_lengths = None
+    if gen_length == "auto":
+        if getattr(model, "length_head", None) is None:
+            raise ValueError("gen_length='auto' needs a model with a length head (train with objective.length_weight > 0)")
+        if steps is not None:
+            raise ValueError("gen_length='auto': the steps follow the length (one per token); pass steps=None")
+        row_lengths = _length_from_head(model, prompt_ids, prompt_mask)
+        if max_gen_length is not None:
+            row_lengths = np.minimum(row_lengths, max_gen_length)
+        gen_length = int(-(-int(row_lengths.max()) // block_length) * block_length)
+    elif not isinstance(gen_length, int) or gen_length <= 0:
+        raise ValueError(f"gen_length={gen_length!r}: a positive int or 'auto'")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+    n_blocks = gen_length // block_length
+    steps = gen_length if steps is None else steps
+    if steps <= 0 or steps % n_blocks:
+        raise ValueError(f"steps={steps} is not a positive multiple of the number of blocks ({n_blocks})")
+    if attention not in ("bidirectional", "block"):
+        raise ValueError(f"attention={attention!r}; choose bidirectional or block")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}; choose from {CACHES}")
+    cache = ("block" if attention == "block" else "none") if cache == "auto" else cache
+    if cache == "block" and attention != "block":
+        raise ValueError("cache='block' is exact only for attention='block'; use prefix or dual for bidirectional")
+    if cache in ("prefix", "dual") and attention != "bidirectional":
+        raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for attention='bidirectional'; use cache='block'")
+    if row_lengths is not None and eos_id is None:
+        raise ValueError("gen_length='auto' ends each row with EOS: the model config has no eos_token_id")
+    lora = lora if lora in getattr(model, "lora_heads", ()) else None
+    settings = _Settings(gen_length=gen_length, block_length=block_length, steps=steps, policy=get_policy(policy),
+                         temperature=float(temperature), cfg_scale=float(cfg_scale), mask_id=int(mask_id),
+                         eos_id=None if eos_id is None else int(eos_id), attention=attention, cache=cache,
+                         lora=lora, trace=trace, on_block=on_block)
+    key = jax.random.key(0) if key is None else key
+    answer = jnp.full((b, gen_length), mask_id, jnp.int32)
+    if row_lengths is not None:   # a row's positions past its predicted length are EOS from the start
+        answer = jnp.where(jnp.arange(gen_length)[None] < jnp.asarray(row_lengths)[:, None], answer, eos_id)
+    graphdef, state = nnx.split(model)
+    out, (n_steps, nfe, decoded, blocks), record = _sample_jit(graphdef, state, prompt_ids, prompt_mask, answer,
+                                                               key, settings)
+    stats = SampleStats(steps=int(n_steps), forward_passes=int(nfe), tokens=float(decoded), gen_length=gen_length,
+                        blocks=int(blocks))
+    return (out, stats, record) if trace else (out, stats)
