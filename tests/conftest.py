@@ -9,3 +9,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_coder(tmp_path_factory):
+    """The README's main command, run once per session as a user runs it: (workdir, stdout).
+    Its model is also what the sampler tests measure threshold decoding on (~6.5 min on 2 cores)."""
+    workdir = tmp_path_factory.mktemp("tiny_coder")
+    out = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/tiny_coder.py",
+                          f"--config.workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return str(workdir), out.stdout

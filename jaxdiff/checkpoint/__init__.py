@@ -29,4 +29,21 @@ def load_params(path, *, dtype=None, shardings=None):
     return load_hf_params(path, dtype=dtype, shardings=shardings)
 
 
-__all__ = ["CheckpointError", "load_params"]
+def hf_tensors(model) -> dict:
+    """The model's base parameters under their HF names (experts unstacked), as NumPy arrays: what
+    `transformers` `load_state_dict` takes (e.g. to run the same weights in PyTorch)."""
+    import numpy as np
+
+    from jaxdiff.checkpoint import hf_keys
+    from jaxdiff.model import flat_params
+
+    out = {}
+    for jd, arr in flat_params(model).items():
+        arr = np.asarray(arr)
+        names = hf_keys.to_hf(jd, arr.shape[0] if hf_keys.is_stacked(jd) else None)
+        for e, name in enumerate(names):
+            out[name] = arr[e] if hf_keys.is_stacked(jd) else arr
+    return out
+
+
+__all__ = ["CheckpointError", "hf_tensors", "load_params"]

@@ -6,6 +6,7 @@ from jaxdiff.diffusion.losses import LOSSES
 from jaxdiff.diffusion.schedules import SCHEDULES, Schedule
 from jaxdiff.model.attention import IMPLEMENTATIONS
 from jaxdiff.model.lora import HEADS, LoRASpec
+from jaxdiff.sample.policies import get_policy
 from jaxdiff.train.optim import DECAYS, OPTIMIZERS, OptimConfig
 from jaxdiff.train.step import ObjectiveConfig
 
@@ -13,7 +14,6 @@ CHOICES = {
     "model.attention_impl": IMPLEMENTATIONS, "model.dtype": ("", "float32", "bfloat16"),
     "objective.schedule": SCHEDULES, "objective.loss": LOSSES, "objective.attention": ("bidirectional", "block"),
     "optimizer.name": OPTIMIZERS, "optimizer.decay": DECAYS, "data.kind": ("code", "text", "sft"),
-    "sample.policy": ("low_confidence", "random"),
 }
 POSITIVE = ("data.seq_len", "data.batch_size", "train.steps", "train.log_every", "train.eval_every",
             "train.eval_batches", "train.checkpoint_every", "train.keep", "optimizer.total_steps",
@@ -42,6 +42,10 @@ def validate(c) -> None:
         raise ConfigValueError(f"config.data.eval_permille={c.data.eval_permille}: must be in 0..999")
     if c.optimizer.lr <= 0:
         raise ConfigValueError(f"config.optimizer.lr={c.optimizer.lr}: must be > 0")
+    try:
+        get_policy(c.sample.policy)
+    except ValueError as e:
+        raise ConfigValueError(f"config.sample.policy: {e}") from None
     if c.sample.gen_length % c.sample.block_length:
         raise ConfigValueError("config.sample.gen_length must be a multiple of config.sample.block_length")
     if c.objective.sft != (c.data.kind == "sft"):

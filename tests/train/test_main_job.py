@@ -7,16 +7,12 @@ frequent training token, '.'). The test asks for at least twice the baseline and
 """
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from jaxdiff.data import pipeline, sources
 from jaxdiff.data import tokenizer as tk
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def unigram_baseline(workdir: str, c) -> tuple[float, str]:
@@ -39,16 +35,14 @@ def unigram_baseline(workdir: str, c) -> tuple[float, str]:
 
 
 @pytest.mark.slow
-def test_tiny_main_job_beats_the_unigram_baseline(tmp_path):
+def test_tiny_main_job_beats_the_unigram_baseline(trained_tiny_coder):
     from configs import tiny_coder
-    out = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/tiny_coder.py",
-                          f"--config.workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    assert out.returncode == 0, out.stderr[-3000:]
-    m = re.search(r"step (\d+): held-out loss ([\d.]+), held-out masked-token accuracy ([\d.]+)", out.stdout)
-    assert m, out.stdout[-2000:]
+    workdir, stdout = trained_tiny_coder
+    m = re.search(r"step (\d+): held-out loss ([\d.]+), held-out masked-token accuracy ([\d.]+)", stdout)
+    assert m, stdout[-2000:]
     steps, acc = int(m.group(1)), float(m.group(3))
-    assert "diffusion sample:\ndef fibonacci(n):" in out.stdout
-    baseline, token = unigram_baseline(str(tmp_path), tiny_coder.get_config())
+    assert "diffusion sample:\ndef fibonacci(n):" in stdout
+    baseline, token = unigram_baseline(workdir, tiny_coder.get_config())
     print(f"held-out masked-token accuracy {acc:.4f} vs unigram baseline {baseline:.4f} ({token!r})")
     assert steps == 900
     assert acc >= 2 * baseline and acc - baseline >= 0.04, (acc, baseline)
