@@ -177,8 +177,14 @@ class Qwen3(nnx.Module):
                 return layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=impl, chunk=chunk)
 
             if self.remat:
-                run = nnx.remat(run, policy=self.remat_policy)
-            x, kv, rl = run(layer, x, cos, sin, vis, bias, past)
+                # jax.checkpoint over the layer's state, not nnx.remat: nnx.remat writes the state
+                # back into the layer's variables, and a frozen base variable (traced by the outer
+                # jit, not by the grad) refuses that write ("different trace level").
+                graphdef, state = nnx.split(layer)
+                pure = lambda state, *a: run(nnx.merge(graphdef, state), *a)
+                x, kv, rl = jax.checkpoint(pure, policy=self.remat_policy)(state, x, cos, sin, vis, bias, past)
+            else:
+                x, kv, rl = run(layer, x, cos, sin, vis, bias, past)
             new_kv.append(kv)
             if rl is not None:
                 router.append(rl)

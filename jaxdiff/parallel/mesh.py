@@ -114,12 +114,13 @@ def shard(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 def replicated_report(arrays: Mapping[str, jax.Array], min_bytes: int = 1 << 20) -> list[str]:
     """Names of parameters of at least `min_bytes` that are fully replicated on a mesh with more
-    than one device: these silently multiply memory by the device count."""
+    than one device: these silently multiply memory by the device count. Works on abstract arrays
+    too (ShapeDtypeStructs sharded over an AbstractMesh), as the memory planner builds them."""
     bad = []
     for name, a in arrays.items():
         sh = getattr(a, "sharding", None)
         nbytes = int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-        if sh is None or nbytes < min_bytes or len(sh.device_set) == 1:
+        if sh is None or nbytes < min_bytes or sh.num_devices == 1:
             continue
         if sh.is_fully_replicated:
             bad.append(f"{name} {tuple(a.shape)} {np.dtype(a.dtype).name} ({nbytes / 2**20:.1f} MiB) is fully replicated")

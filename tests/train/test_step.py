@@ -182,3 +182,21 @@ def test_step_on_a_frozen_fp8_base_with_bf16_activations():
     assert all(np.isfinite(losses)) and int(metrics["skipped"]) == 0
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a).view(np.uint8), b.view(np.uint8)),
                  frozen, before)
+
+
+@pytest.mark.parametrize("policy", [None, "dots"])
+def test_lora_step_with_remat_on_a_frozen_base(policy):
+    """Remat over layers whose base variables are frozen (traced by the jit, not the grad): the
+    30B config's setting. nnx.remat used to refuse it ("different trace level")."""
+    m = build_model(tiny.dense(num_hidden_layers=2, hidden_size=64), seed=0)
+    add_mask_token(m, mask_token_id=255)
+    add_lora(m, "diffusion", LoRASpec(rank=4))
+    m.remat = True
+    m.remat_policy = jax.checkpoint_policies.dots_saveable if policy else None
+    g, frozen, trainable = st.split(m)
+    opt = build_optimizer(OptimConfig(lr=1e-2, warmup_steps=0), trainable)
+    step = jit_train_step(make_train_step(g, opt, ObjectiveConfig()))
+    new, _, metrics = step(frozen, trainable, opt.init(trainable), _batch(), jax.random.key(0), 0)
+    assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
+    moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(trainable))]
+    assert any(moved)

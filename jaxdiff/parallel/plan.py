@@ -1,0 +1,472 @@
+"""Per-device memory plan of a training config on a mesh: the frozen base, the trainable leaves,
+their gradients and optimizer state, the activations of one train step, and the KV cache and
+working set of sampling, against a device's memory.
+
+Exact parts: the model is built abstractly (`nnx.eval_shape`: no memory) the way the trainer
+builds it (mask token, LoRA heads, length head), split the way the trainer splits it, and the
+optimizer state is `jax.eval_shape` of the trainer's optimizer init. Each leaf's bytes on one
+device are its shard shape under the NamedSharding the trainer would give it, taken on an
+`AbstractMesh`, so a 64-device plan runs on a laptop. The KV cache is exact for its layout.
+
+Estimated parts: activations (see `activation_estimate`) follow the model shape, the remat policy
+and the batch sharding; tests hold them within a stated factor of XLA's own number for small
+configs. They assume tokens stay sharded over the batch axes inside MoE layers (expert-parallel
+dispatch); the GSPMD path the trainer uses today does not guarantee that.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as P
+
+from jaxdiff.model import Qwen3
+from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.lora import HEADS, add_length_head, add_lora
+from jaxdiff.model.mask_token import add_mask_token
+from jaxdiff.parallel import axes as ax
+from jaxdiff.parallel.mesh import logical_to_spec
+
+REMAT = ("full", "none", "dots")
+# Modules the Qwen3 FP8 releases keep in bf16 (their `modules_to_not_convert`), for `fp8=True` on
+# a config whose source has no quantization_config.
+FP8_SKIP = ("lm_head", "mlp.gate")
+FP8_BLOCK = (128, 128)
+GB = 10 ** 9   # device memory is sold in decimal GB ("H100 80GB"); the plan reports in GB too
+
+
+class PlanError(ValueError):
+    """Bad planner input; the message names the flag or config field."""
+
+
+# ----------------------------------------------------------------------------- mesh
+def parse_mesh(text: str, devices: int | None = None) -> dict[str, int]:
+    """"data=1,fsdp=8,expert=8" -> a size for every mesh axis (missing = 1; one may be -1 = the
+    rest of `devices`). Errors name --mesh / --devices."""
+    sizes = {a: 1 for a in ax.MESH_AXES}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, eq, value = part.partition("=")
+        if not eq:
+            raise PlanError(f"--mesh: {part!r} is not axis=size (e.g. --mesh data=1,fsdp=8,expert=8)")
+        if name not in sizes:
+            raise PlanError(f"--mesh: unknown axis {name!r}; axes are {', '.join(ax.MESH_AXES)}")
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise PlanError(f"--mesh: size of axis {name!r} must be an integer, got {value!r}") from None
+        if sizes[name] == 0 or sizes[name] < -1:
+            raise PlanError(f"--mesh: axis {name!r} has size {sizes[name]}; sizes are >= 1 (or -1 = the rest)")
+    return resolve_mesh(sizes, devices)
+
+
+def resolve_mesh(sizes: Mapping[str, int], devices: int | None = None) -> dict[str, int]:
+    sizes = {a: int(sizes.get(a, 1)) for a in ax.MESH_AXES}
+    free = [a for a, s in sizes.items() if s == -1]
+    fixed = math.prod(s for s in sizes.values() if s != -1)
+    if len(free) > 1:
+        raise PlanError(f"--mesh: at most one axis may be -1, got {free}")
+    if free:
+        if devices is None:
+            raise PlanError(f"--mesh: axis {free[0]!r} is -1 (the rest), so --devices is needed")
+        if devices % fixed:
+            raise PlanError(f"--devices={devices} is not divisible by the fixed --mesh axes' product {fixed}")
+        sizes[free[0]] = devices // fixed
+    if devices is not None and math.prod(sizes.values()) != devices:
+        raise PlanError(f"--mesh {format_mesh(sizes)} has {math.prod(sizes.values())} devices, "
+                        f"but --devices={devices}")
+    return sizes
+
+
+def format_mesh(sizes: Mapping[str, int]) -> str:
+    return ",".join(f"{a}={sizes[a]}" for a in ax.MESH_AXES)
+
+
+def abstract_mesh(sizes: Mapping[str, int]) -> AbstractMesh:
+    """A mesh of the given shape with no devices behind it: shardings and shard shapes only."""
+    return AbstractMesh(tuple(sizes[a] for a in ax.MESH_AXES), ax.MESH_AXES,
+                        axis_types=(AxisType.Auto,) * len(ax.MESH_AXES))
+
+
+# ----------------------------------------------------------------------------- per-leaf bytes
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """One array: its global shape and dtype, its PartitionSpec and the bytes one device holds."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    spec: P
+    global_bytes: int
+    device_bytes: int
+
+    @property
+    def replicated(self) -> bool:
+        return self.global_bytes == self.device_bytes
+
+
+def leaf(name: str, shape: Sequence[int], dtype, sharding: NamedSharding) -> Leaf:
+    shape = tuple(int(s) for s in shape)
+    itemsize = np.dtype(dtype).itemsize
+    return Leaf(name, shape, np.dtype(dtype), sharding.spec, math.prod(shape) * itemsize,
+                math.prod(sharding.shard_shape(shape)) * itemsize)
+
+
+def _path(path) -> str:
+    return ".".join(str(getattr(p, "key", getattr(p, "idx", getattr(p, "name", p)))) for p in path)
+
+
+def state_leaves(state: nnx.State, mesh, rules=None) -> list[Leaf]:
+    """Every variable of an NNX state, sharded by its logical `axes` (as `train.state` does)."""
+    out = []
+    for path, var in nnx.to_flat_state(state):
+        axes = var.get_metadata().get("axes") or (None,) * len(var.shape)
+        spec = logical_to_spec(axes, var.shape, mesh, rules)
+        out.append(leaf(_path(path), var.shape, var.dtype, NamedSharding(mesh, spec)))
+    return out
+
+
+def tree_leaves(tree, shardings) -> list[Leaf]:
+    """Leaves of a pytree of ShapeDtypeStructs beside a same-structured tree of shardings."""
+    flat = jax.tree_util.tree_leaves_with_path(tree)
+    shs = jax.tree.leaves(shardings)
+    assert len(flat) == len(shs), (len(flat), len(shs))
+    return [leaf(_path(p), x.shape, x.dtype, s) for (p, x), s in zip(flat, shs)]
+
+
+def total(leaves: Sequence[Leaf], which: str = "device_bytes") -> int:
+    return sum(getattr(x, which) for x in leaves)
+
+
+# ----------------------------------------------------------------------------- the model
+def model_config(c, hf_config: Mapping | None = None, fp8: bool | None = None) -> tuple[ModelConfig, jnp.dtype]:
+    """The ModelConfig and compute dtype the trainer would use for config `c`.
+
+    The architecture comes from `config.model.checkpoint`'s config.json when one is set, else
+    from `hf_config` (a config module's `reference_hf_config()`), else from `config.model.init`
+    (a from-scratch model; vocab = config.tokenizer.vocab_size rounded up to 64, as the trainer
+    rounds its tokenizer's length). fp8 None keeps what the source says; True plans block-FP8
+    weights (128 x 128 blocks), False plain weights. The dtype follows `jaxdiff.load_model`:
+    config.model.dtype when set, else bf16 for an FP8 base, else the checkpoint's torch_dtype."""
+    source = None
+    if c.model.checkpoint:
+        source = ModelConfig.from_hf(c.model.checkpoint)
+    elif hf_config is not None:
+        source = ModelConfig.from_hf(dict(hf_config), source="reference_hf_config()")
+    if source is None:
+        from configs.base import model_config as from_init
+        vocab = -(-int(c.tokenizer.vocab_size) // 64) * 64
+        mcfg = from_init(c.model.init, vocab, None, None)
+        dtype = jnp.dtype(c.model.dtype or "float32")
+        if fp8:
+            mcfg = mcfg.replace(fp8_block_size=FP8_BLOCK, fp8_skip_modules=FP8_SKIP)
+        return mcfg, dtype
+    if c.model.dtype and fp8 is None:
+        fp8 = False  # load_model(dtype=...) dequantizes an FP8 base
+    if fp8 is False:
+        source = source.replace(fp8_block_size=None, fp8_skip_modules=())
+    elif fp8 and source.fp8_block_size is None:
+        source = source.replace(fp8_block_size=FP8_BLOCK, fp8_skip_modules=FP8_SKIP)
+    if c.model.dtype:
+        return source, jnp.dtype(c.model.dtype)
+    if source.fp8_block_size is not None:
+        return source, jnp.dtype(jnp.bfloat16)
+    stored = json_dtype(source)
+    return source, stored
+
+
+def json_dtype(cfg: ModelConfig) -> jnp.dtype:
+    import json
+
+    d = json.loads(cfg.hf_json) if cfg.hf_json else {}
+    return jnp.dtype(d.get("torch_dtype") or d.get("dtype") or "bfloat16")
+
+
+def active_heads(c) -> dict[str, bool]:
+    """Which forward passes a train step runs (a zero objective weight skips the head), as in
+    `train.loop._model` and `train.step.loss_fn`."""
+    o = c.objective
+    return {"diffusion": bool(o.diffusion_weight), "ar": bool(o.ar_weight or o.ar_only_steps),
+            "length": bool(o.length_weight)}
+
+
+def build_train_model(c, mcfg: ModelConfig, dtype, remat: str | None = None) -> Qwen3:
+    """The model `train.loop` builds for `c` (mask token, the LoRA heads its objective uses, the
+    length head), randomly initialised; `remat` (one of REMAT) sets activation checkpointing."""
+    from jaxdiff.train import config as cfg_lib
+
+    heads = active_heads(c)
+    m = Qwen3(mcfg, dtype=dtype, rngs=nnx.Rngs(params=0))
+    if remat is not None:
+        m.remat = remat != "none"
+        m.remat_policy = jax.checkpoint_policies.dots_saveable if remat == "dots" else None
+    add_mask_token(m, mask_token_id=mcfg.vocab_size - 1, trainable=c.mask_token.trainable)
+    if not c.lora.full_training:
+        for h in HEADS:
+            if heads[h]:
+                add_lora(m, h, cfg_lib.lora_spec(c, h))
+    if c.objective.length_weight:
+        add_length_head(m, cfg_lib.length_edges(c), hidden=c.length_head.hidden)
+    return m
+
+
+def abstract_train_state(c, mcfg: ModelConfig, dtype, remat: str | None = None):
+    """(graphdef, frozen, trainable) of `build_train_model` with ShapeDtypeStruct leaves, split
+    the way the trainer splits it."""
+    from jaxdiff.train import state as st
+
+    return st.split(nnx.eval_shape(lambda: build_train_model(c, mcfg, dtype, remat)),
+                    full_training=c.lora.full_training)
+
+
+# ----------------------------------------------------------------------------- activations
+def _batch_shards(mesh, batch: int) -> int:
+    spec = logical_to_spec((ax.BATCH,), (batch,), mesh)
+    names = spec[0] or ()
+    names = (names,) if isinstance(names, str) else names
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def _tensor_shards(mesh, dim: int) -> int:
+    t = mesh.shape["tensor"]
+    return t if t > 1 and dim % t == 0 else 1
+
+
+def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int, mesh) -> dict[str, float]:
+    """Bytes one token's intermediates take in one decoder layer, by kind, as saved for the
+    backward without remat: "input" (the layer input), "dots" (outputs of matmuls: what
+    `dots_saveable` keeps), "other" (norms in float32, RoPE, softmax, SwiGLU, MoE gathers).
+    `keys` is how many keys a query attends over (attention scores are per token x key).
+    Head- and FFN-wide parts are divided by the tensor axis when it divides them."""
+    d, n, k, h, b = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, itemsize
+    th = _tensor_shards(mesh, n * h)
+    dots = ((n + 2 * k) * h * b            # q, k, v projections
+            + n * keys * 4                  # scores (float32)
+            + n * h * b) / th + d * b       # attention output; o_proj output
+    other = (2 * d * (4 + b)                # two RMSNorms: float32 copy + output
+             + (n + k) * h * (4 + b + b) / th   # q/k norms and RoPE
+             + n * keys * b / th + keys     # softmax probabilities in the compute dtype; visibility mask
+             + 2 * d * b)                   # residual adds
+    if cfg.layer_is_moe(layer):
+        e, top, f = cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size
+        tf = _tensor_shards(mesh, f)
+        dots += e * b + (2 * top * f / tf + top * d) * b           # router; gate/up; down per assignment
+        other += e * 4 + (2 * top * f / tf + 2 * top * d + d) * b  # probs; silu, product; gathered rows,
+        #                                                             weighted rows, combined output
+    else:
+        f = cfg.intermediate_size
+        tf = _tensor_shards(mesh, f)
+        dots += (2 * f / tf + d) * b
+        other += 2 * f / tf * b
+    return {"input": d * b, "dots": dots, "other": other}
+
+
+def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat: str, heads: Mapping[str, bool],
+                        mesh, fp8_device_bytes: int = 0, vocab_chunk: int = 8192) -> dict[str, int]:
+    """Estimated per-device bytes live at the peak of one train step, by term:
+
+      saved residuals   what the forward passes keep for the backward. Every active head is one
+                        forward pass over [batch, seq], and the loss sums the heads before one
+                        backward, so all passes' residuals are alive together. Per layer, remat
+                        "none" keeps every intermediate, "full" the layer input [B, L, D], "dots"
+                        the input and the matmul outputs.
+      backward working  one layer's cotangents, plus (with remat) its recomputed intermediates.
+      vocab loss        the loss scans the head weight in vocab chunks, but reverse mode keeps
+                        each chunk's softmax terms: per head with a token loss (diffusion, ar)
+                        2 x [tokens, V'] float32 and a [tokens, V'] mask (V' = V padded to whole
+                        chunks), plus one chunk's logits.
+      dequantized FP8   an FP8 base is dequantized to the compute dtype inside each matmul; the
+                        matmul's backward needs that copy: every layer's without remat, one
+                        layer's with it.
+    Tokens are divided by the mesh axes that shard the batch; head- and FFN-wide terms by
+    `tensor` where it divides them. XLA may fuse away or add copies: tests hold the saved
+    residuals against `jax`'s own list and the no-remat total against XLA's buffer assignment."""
+    if remat not in REMAT:
+        raise PlanError(f"--remat={remat!r}: choose from {', '.join(REMAT)}")
+    b = jnp.dtype(dtype).itemsize
+    tokens = batch * seq / _batch_shards(mesh, batch)
+    per_layer = [layer_bytes_per_token(cfg, i, seq, b, mesh) for i in range(cfg.num_hidden_layers)]
+    one_layer = max(sum(t.values()) for t in per_layer)
+    if remat == "none":
+        saved, working = sum(sum(t.values()) for t in per_layer), one_layer
+    elif remat == "full":
+        saved, working = sum(t["input"] for t in per_layer), 2 * one_layer
+    else:
+        saved = sum(t["input"] + t["dots"] for t in per_layer)
+        working = one_layer + max(t["other"] for t in per_layer)
+    ends = 2 * cfg.hidden_size * b + cfg.hidden_size * 4   # embedding output, final norm (float32 copy + output)
+    n_pass = sum(bool(v) for v in heads.values())
+    n_loss = sum(bool(heads.get(h)) for h in ("diffusion", "ar"))
+    vocab = -(-cfg.vocab_size // vocab_chunk) * vocab_chunk / _tensor_shards(mesh, cfg.vocab_size)
+    dequant = fp8_device_bytes * b / (1 if remat == "none" else cfg.num_hidden_layers)
+    return {"activations: saved residuals": int(n_pass * tokens * (saved + ends)),
+            "activations: backward working set": int(tokens * working),
+            "activations: vocab loss": int(n_loss * tokens * (vocab * (2 * 4 + 1) + vocab_chunk * 4)),
+            "activations: dequantized FP8": int(dequant)}
+
+
+def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, block: int, mesh,
+                       fp8_device_bytes: int = 0, attention_chunk: int = 512) -> int:
+    """Estimated per-device bytes of one sampler forward pass over [batch, length] (the prefix /
+    dual caches run the whole sequence once per block): one layer's intermediates, with attention
+    scores for one query chunk at a time (nothing is kept for a backward), the hidden states,
+    float32 logits of one block, and one layer's dequantized FP8 weights."""
+    b = jnp.dtype(dtype).itemsize
+    rows = batch / _batch_shards(mesh, batch)
+    scores = cfg.num_attention_heads * length * (4 + b) / _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim) + length
+    one_layer = max(sum(layer_bytes_per_token(cfg, i, length, b, mesh).values()) for i in range(cfg.num_hidden_layers))
+    per_token = one_layer - scores + 2 * cfg.hidden_size * b
+    return int(rows * (length * per_token + min(attention_chunk, length) * scores + block * cfg.vocab_size * 4)
+               + fp8_device_bytes * b / cfg.num_hidden_layers)
+
+
+# ----------------------------------------------------------------------------- KV cache
+def kv_cache_leaves(cfg: ModelConfig, batch: int, length: int, dtype, mesh) -> list[Leaf]:
+    """The leaves of `KVCache.empty(cfg, batch, length, dtype)`: k and v [layers, B, S, K, H] in the
+    compute dtype, per-slot rank (int32) and validity (bool), per-row positions, one length;
+    batch-sharded like every activation (kv heads over `tensor` where it divides them)."""
+    kv_shape = (cfg.num_hidden_layers, batch, length, cfg.num_key_value_heads, cfg.head_dim)
+    kv_axes = (None, ax.BATCH, ax.LENGTH, ax.ACT_KV_HEADS, None)
+    parts = [("k", kv_shape, dtype, kv_axes), ("v", kv_shape, dtype, kv_axes),
+             ("rank", (batch, length), jnp.int32, (ax.BATCH, ax.LENGTH)),
+             ("valid", (batch, length), jnp.bool_, (ax.BATCH, ax.LENGTH)),
+             ("length", (), jnp.int32, ()),
+             ("next_pos", (batch,), jnp.int32, (ax.BATCH,)), ("next_rank", (batch,), jnp.int32, (ax.BATCH,))]
+    return [leaf(name, shape, dt, NamedSharding(mesh, logical_to_spec(axes, shape, mesh)))
+            for name, shape, dt, axes in parts]
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclasses.dataclass
+class MemoryPlan:
+    """Per-device bytes by row for training and for sampling, with the leaves behind the exact rows."""
+
+    mesh: dict[str, int]
+    model: ModelConfig
+    dtype: jnp.dtype
+    setting: dict[str, object]
+    frozen: list[Leaf]
+    trainable: list[Leaf]
+    optimizer: list[Leaf]
+    kv_cache: list[Leaf]
+    activations: dict[str, int]
+    sample_activations: int
+    device_memory: int
+
+    @property
+    def devices(self) -> int:
+        return math.prod(self.mesh.values())
+
+    def train_rows(self) -> dict[str, int]:
+        t = total(self.trainable)
+        return {"base weights (frozen)": total(self.frozen), "trainable (LoRA, length head, mask row)": t,
+                "gradients (trainable)": t, "optimizer state": total(self.optimizer), **self.activations}
+
+    def sample_rows(self) -> dict[str, int]:
+        return {"base weights (frozen)": total(self.frozen), "adapters (all heads)": total(self.trainable),
+                "KV cache": total(self.kv_cache), "activations (one forward)": self.sample_activations}
+
+    def train_total(self) -> int:
+        return sum(self.train_rows().values())
+
+    def sample_total(self) -> int:
+        return sum(self.sample_rows().values())
+
+    def fits(self, which: str) -> bool:
+        return (self.train_total() if which == "train" else self.sample_total()) <= self.device_memory
+
+    def format(self) -> str:
+        m = self.model
+        base = "block-FP8 e4m3 (128x128 blocks) + float32 scales" if m.fp8_block_size else np.dtype(self.dtype).name
+        s = self.setting
+        lines = [f"mesh {format_mesh(self.mesh)} = {self.devices} devices, {self.device_memory / GB:.1f} GB each",
+                 f"model {m.architecture}: {m.num_hidden_layers} layers, D={m.hidden_size}, "
+                 f"experts={m.num_experts}, vocab={m.vocab_size}; base {base}; compute {np.dtype(self.dtype).name}",
+                 f"base parameters {sum(math.prod(x.shape) for x in self.frozen):,d}, "
+                 f"trainable {sum(math.prod(x.shape) for x in self.trainable):,d}",
+                 "", f"train step: batch {s['batch']} x seq {s['seq']}, remat {s['remat']}, "
+                 f"heads {', '.join(h for h, on in s['heads'].items() if on)}"]
+        lines += _table(self.train_rows(), self.train_total(), self.device_memory)
+        lines += ["", f"sampling: batch {s['sample_batch']} x (prompt {s['prompt_length']} + gen {s['gen_length']})"]
+        lines += _table(self.sample_rows(), self.sample_total(), self.device_memory)
+        rep = replicated_leaves(self.frozen + self.trainable)
+        lines += ["", "weights, adapters, optimizer state and KV cache: exact, from abstract shapes and "
+                  "shardings; activations: an estimate (see jaxdiff/parallel/plan.py)."]
+        if rep and self.devices > 1:
+            lines.append(f"replicated leaves >= 1 MiB: {len(rep)}, {sum(x.device_bytes for x in rep) / GB:.2f} GB "
+                         f"per device (largest: {rep[0].name} {rep[0].shape})")
+        return "\n".join(lines)
+
+
+def _table(rows: Mapping[str, int], total_bytes: int, memory: int) -> list[str]:
+    width = max(len(k) for k in rows) + 2
+    out = [f"  {k:{width}s}{v / GB:10.2f} GB" for k, v in rows.items()]
+    verdict = "fits" if total_bytes <= memory else "does NOT fit"
+    out.append(f"  {'total per device':{width}s}{total_bytes / GB:10.2f} GB  of {memory / GB:.1f} GB: {verdict}")
+    return out
+
+
+def replicated_leaves(leaves: Sequence[Leaf], min_bytes: int = 1 << 20) -> list[Leaf]:
+    """Leaves of at least `min_bytes` held whole by every device, largest first (the abstract
+    counterpart of `jaxdiff.parallel.replicated_report`)."""
+    return sorted((x for x in leaves if x.replicated and x.global_bytes >= min_bytes),
+                  key=lambda x: -x.global_bytes)
+
+
+def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: int | None = None,
+                remat: str | None = None, sample_batch: int | None = None, prompt_length: int | None = None,
+                gen_length: int | None = None, fp8: bool | None = None, hf_config: Mapping | None = None,
+                device_memory_gb: float = 80.0) -> MemoryPlan:
+    """The memory plan of training config `c` on a mesh of the given axis sizes. Unset settings
+    come from the config: batch = data.batch_size, seq = data.seq_len, remat = model.remat
+    ("full" or "none"), gen_length = sample.gen_length, sample_batch = batch, prompt_length =
+    seq - gen_length (prompt + generation as long as a training sequence)."""
+    from jaxdiff.train import config as cfg_lib
+    from jaxdiff.train.optim import build_optimizer
+    from jaxdiff.train.step import step_shardings
+
+    batch = int(batch or c.data.batch_size)
+    seq = int(seq or c.data.seq_len)
+    remat = remat or ("full" if c.model.remat else "none")
+    gen_length = int(gen_length or c.sample.gen_length)
+    sample_batch = int(sample_batch or batch)
+    if prompt_length is None:
+        prompt_length = seq - gen_length
+        if prompt_length < 0:
+            raise PlanError(f"--gen_length={gen_length} is longer than --seq={seq}; give --prompt_length")
+    for name, v in (("--batch", batch), ("--seq", seq), ("--gen_length", gen_length), ("--sample_batch", sample_batch)):
+        if v <= 0:
+            raise PlanError(f"{name}={v}: must be > 0")
+    if remat not in REMAT:
+        raise PlanError(f"--remat={remat!r}: choose from {', '.join(REMAT)}")
+    sizes = resolve_mesh(mesh)
+    amesh = abstract_mesh(sizes)
+    ways = sizes["data"] * sizes["fsdp"] * sizes["expert"]
+    if batch % ways:
+        raise PlanError(f"--batch={batch} is not divisible by the batch-sharded mesh axes data x fsdp x expert = "
+                        f"{ways} (--mesh {format_mesh(sizes)}); the trainer refuses such a batch")
+    mcfg, dtype = model_config(c, hf_config, fp8)
+    _, frozen, trainable = abstract_train_state(c, mcfg, dtype)
+    optimizer = build_optimizer(cfg_lib.optimizer(c), trainable)
+    _, _, o_sh, _ = step_shardings(amesh, frozen, trainable, optimizer)
+    opt_state = jax.eval_shape(optimizer.init, trainable)
+    frozen_l, trainable_l = state_leaves(frozen, amesh), state_leaves(trainable, amesh)
+    fp8_bytes = total([x for x in frozen_l if x.dtype == np.dtype(jnp.float8_e4m3fn)])
+    heads = active_heads(c)
+    acts = activation_estimate(mcfg, dtype, batch=batch, seq=seq, remat=remat, heads=heads, mesh=amesh,
+                               fp8_device_bytes=fp8_bytes, vocab_chunk=int(c.objective.vocab_chunk))
+    length = prompt_length + gen_length
+    sample_acts = sample_working_set(mcfg, dtype, batch=sample_batch, length=length,
+                                     block=min(int(c.sample.block_length), gen_length), mesh=amesh,
+                                     fp8_device_bytes=fp8_bytes)
+    return MemoryPlan(
+        mesh=sizes, model=mcfg, dtype=jnp.dtype(dtype),
+        setting=dict(batch=batch, seq=seq, remat=remat, heads=heads, sample_batch=sample_batch,
+                     prompt_length=prompt_length, gen_length=gen_length),
+        frozen=frozen_l, trainable=trainable_l, optimizer=tree_leaves(opt_state, o_sh),
+        kv_cache=kv_cache_leaves(mcfg, sample_batch, length, dtype, amesh), activations=acts,
+        sample_activations=sample_acts, device_memory=int(device_memory_gb * 1e9))
