@@ -17,7 +17,7 @@ python3 -m venv "$VENV"
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
 set +e
-python -m pytest -q -p no:cacheprovider "$@"
+python -m pytest -q -p no:cacheprovider --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
