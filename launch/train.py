@@ -26,21 +26,29 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it renames at INFO
-    from jaxdiff.train.loop import train
-
     c = _CONFIG.value
     if c is None:
         raise app.UsageError("--config is required, e.g. --config configs/tiny_coder.py")
-    out = train(c)
+    from jaxdiff.parallel.distributed import initialize
+    initialize()   # several processes (launch/local, SLURM, TPU pod): before any device is touched
+    import jax
+
+    from jaxdiff.train.loop import sample_text, train
+
+    out = train(c, progress=jax.process_index() == 0)
+    lead = jax.process_index() == 0
     ev = out["eval"]
     if out["stopped"]:
-        print(f"stopped by {out['stopped']} at step {out['step']}; checkpoint saved in {c.workdir}/checkpoints")
+        if lead:
+            print(f"stopped by {out['stopped']} at step {out['step']}; checkpoint saved in {c.workdir}/checkpoints")
         return
     acc = next((v for k, v in ev.items() if k.endswith("masked_acc")), None)
-    print(f"step {out['step']}: held-out loss {ev.get('loss', float('nan')):.4f}"
-          + (f", held-out masked-token accuracy {acc:.4f}" if acc is not None else ""))
-    from jaxdiff.train.loop import sample_text
-    print("diffusion sample:\n" + sample_text(out["run"]))
+    if lead:
+        print(f"step {out['step']}: held-out loss {ev.get('loss', float('nan')):.4f}"
+              + (f", held-out masked-token accuracy {acc:.4f}" if acc is not None else ""))
+    sample = sample_text(out["run"])   # every process takes part in the sharded sampling
+    if lead:
+        print("diffusion sample:\n" + sample)
 
 
 if __name__ == "__main__":

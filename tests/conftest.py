@@ -1,9 +1,9 @@
 """Test session set-up: 8 fake CPU devices (for sharding tests), float32 matmuls at full precision."""
 import os
 
-flags = os.environ.get("XLA_FLAGS", "")
-if "xla_force_host_platform_device_count" not in flags:
-    os.environ["XLA_FLAGS"] = (flags + " --xla_force_host_platform_device_count=8").strip()
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # before the 8 fake devices are added
+if "xla_force_host_platform_device_count" not in USER_XLA_FLAGS:
+    os.environ["XLA_FLAGS"] = (USER_XLA_FLAGS + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import jax  # noqa: E402
@@ -24,7 +24,11 @@ def trained_tiny_coder(tmp_path_factory):
     """The README's main command, run once per session as a user runs it: (workdir, stdout).
     Its model is also what the sampler tests measure threshold decoding on (~6.5 min on 2 cores)."""
     workdir = tmp_path_factory.mktemp("tiny_coder")
+    # as a user runs it: one CPU device, not the 8 fake ones this session set up (which would
+    # shard the batch 8 ways on 2 cores and take ~3x longer)
+    env = {**os.environ, "XLA_FLAGS": USER_XLA_FLAGS}
     out = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/tiny_coder.py",
-                          f"--config.workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+                          f"--config.workdir={workdir}"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+                         env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return str(workdir), out.stdout

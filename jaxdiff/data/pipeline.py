@@ -106,11 +106,17 @@ def _ids(x):
 
 def sft_dataset(rows: list[dict], cfg: DataConfig, *, train: bool, process_index: int = 0,
                 process_count: int = 1) -> grain.IterDataset:
+    """Batches of SFT rows. Every process forms the same global batch and keeps its contiguous
+    share of rows, so the global batch (and the run) is the same for any number of processes."""
+    local = local_batch_size(cfg.batch_size, process_count)
     ds = grain.MapDataset.source(rows)
     if train:
         ds = ds.shuffle(seed=cfg.seed).repeat()
-    ds = _process_slice(ds, process_index, process_count).to_iter_dataset()
-    return ds.batch(local_batch_size(cfg.batch_size, process_count), drop_remainder=train)
+    ds = ds.batch(cfg.batch_size, drop_remainder=True)   # a partial batch cannot be split evenly
+    if process_count > 1:
+        lo = process_index * local
+        ds = ds.map(lambda b: {k: v[lo:lo + local] for k, v in b.items()})
+    return ds.to_iter_dataset()
 
 
 def to_global(batch: dict, shardings: dict) -> dict:

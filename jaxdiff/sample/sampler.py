@@ -274,10 +274,21 @@ def _sample_jit(graphdef, state, prompt_ids, prompt_mask, answer, key, settings)
     return _sample(nnx.merge(graphdef, state), prompt_ids, prompt_mask, answer, key, settings)
 
 
+def _to_host(tree):
+    """Arrays another process holds part of (a model sharded over several hosts) are gathered, so
+    every process gets the whole result; local arrays are returned as they are."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+            return multihost_utils.process_allgather(x, tiled=True)
+        return x
+    return jax.tree.map(one, tree)
+
+
 def _length_from_head(model, prompt_ids, prompt_mask) -> np.ndarray:
     """[B] answer lengths the length head predicts (the upper edge of its argmax bucket)."""
     graphdef, state = nnx.split(model)
-    return np.asarray(_length_jit(graphdef, state, prompt_ids, prompt_mask))
+    return np.asarray(_to_host(_length_jit(graphdef, state, prompt_ids, prompt_mask)))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -366,8 +377,8 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
     if row_lengths is not None:   # a row's positions past its predicted length are EOS from the start
         answer = jnp.where(jnp.arange(gen_length)[None] < jnp.asarray(row_lengths)[:, None], answer, eos_id)
     graphdef, state = nnx.split(model)
-    out, (n_steps, nfe, decoded, blocks), record = _sample_jit(graphdef, state, prompt_ids, prompt_mask, answer,
-                                                               key, settings)
+    out, (n_steps, nfe, decoded, blocks), record = _to_host(_sample_jit(graphdef, state, prompt_ids, prompt_mask,
+                                                                        answer, key, settings))
     stats = SampleStats(steps=int(n_steps), forward_passes=int(nfe), tokens=float(decoded), gen_length=gen_length,
                         blocks=int(blocks))
     return (out, stats, record) if trace else (out, stats)

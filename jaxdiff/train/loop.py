@@ -67,9 +67,16 @@ def _tokenizer(c, workdir):
     if c.data.kind != "code":
         raise cfg_lib.ConfigValueError("config.tokenizer.path is required unless data.kind == 'code' "
                                        "(a BPE is trained on the code corpus)")
-    files = sources.code_files(c.data.path or None)
-    step = max(len(files) // c.tokenizer.train_files, 1)
-    return tok_lib.train_bpe((sources.read_file(p) for p in files[::step]), c.tokenizer.vocab_size, path)
+    if jax.process_index() == 0:
+        files = sources.code_files(c.data.path or None)
+        step = max(len(files) // c.tokenizer.train_files, 1)
+        tok = tok_lib.train_bpe((sources.read_file(p) for p in files[::step]), c.tokenizer.vocab_size, path)
+    if jax.process_count() > 1:   # the others load what process 0 wrote, once it is complete
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("jaxdiff: tokenizer trained")
+        if jax.process_index() != 0:
+            tok = tok_lib.load_tokenizer(path)
+    return tok
 
 
 def _model(c, tokenizer, mesh):
@@ -241,11 +248,16 @@ def evaluate(run: Run) -> dict:
     c = run.config
     totals, n = {}, 0
     key = jax.random.key(c.seed + 1)     # the same masks every evaluation
-    for i, batch in enumerate(iter(run.eval_ds)):
-        if i >= c.train.eval_batches:
+    batches = []
+    for batch in iter(run.eval_ds):
+        if len(batches) >= c.train.eval_batches or batch["tokens"].shape[0] * jax.process_count() != c.data.batch_size:
             break
-        if batch["tokens"].shape[0] * jax.process_count() != c.data.batch_size:
-            break
+        batches.append(batch)
+    if jax.process_count() > 1:   # every process must run the same number of (collective) eval steps
+        from jax.experimental import multihost_utils
+        counts = multihost_utils.process_allgather(np.int32(len(batches)))
+        batches = batches[:int(np.min(counts))]
+    for i, batch in enumerate(batches):
         m = run.eval_fn(run.trainable, run.frozen, pipeline.to_global(batch, run.shardings[3]), jax.random.fold_in(key, i))
         for k, v in jax.device_get(m).items():
             totals[k] = totals.get(k, 0.0) + float(v)

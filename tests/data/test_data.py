@@ -129,3 +129,19 @@ def test_train_tokenizer_tool(tmp_path, capsys):
     assert tok.decode(tok("def f1(x):", add_special_tokens=False)["input_ids"]) == "def f1(x):"
     assert train_tokenizer.main(["--out_dir", str(tmp_path / "t2"), "--source", str(tmp_path / "none")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_sft_global_batches_do_not_depend_on_the_process_count(tokenizer):
+    """Every process keeps a contiguous share of the same global batch: two processes' rows,
+    concatenated, are one process's batch (so a multi-process run equals a single-process one)."""
+    convs = [[{"role": "user", "content": f"add {i} and {i + 1}"}, {"role": "assistant", "content": str(2 * i + 1)}]
+             for i in range(20)]
+    rows = pipeline.sft_rows(convs, tokenizer, seq_len=32)
+    cfg = pipeline.DataConfig(kind="sft", seq_len=32, batch_size=4)
+    one = iter(pipeline.sft_dataset(rows, cfg, train=True))
+    parts = [iter(pipeline.sft_dataset(rows, cfg, train=True, process_index=i, process_count=2)) for i in range(2)]
+    for _ in range(7):   # past one epoch (20 rows = 5 batches): the reshuffled repeat too
+        whole, a, b = next(one), next(parts[0]), next(parts[1])
+        assert a["tokens"].shape == (2, 32)
+        for k in whole:
+            np.testing.assert_array_equal(np.concatenate([a[k], b[k]]), whole[k])
