@@ -42,7 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
         reweight_cap=0.0, loss="llada", label_smoothing=0.1, span_prob=0.0, random_replace=0.0,
         shorten_prob=0.0, stage2_step=-1, edit_fraction=0.1, edit_weight=1.0, attention="bidirectional",
         block_size=32, sft=False, ar_weight=0.0, diffusion_weight=1.0, length_weight=0.0, vocab_chunk=8192,
-        ar_only_steps=0))
+        ar_only_steps=0,
+        router_aux_coef=-1.0,     # MoE load-balancing loss weight; -1 = the checkpoint's router_aux_loss_coef
+        router_z_coef=0.0))       # MoE router z-loss weight
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", lr=1e-4, warmup_steps=100, total_steps=10000, decay="cosine", end_lr_ratio=0.1, b1=0.9,
         b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0, grad_accum=1))

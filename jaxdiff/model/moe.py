@@ -96,6 +96,36 @@ def dense_reference_moe(x, router_w, gate_w, up_w, down_w, top_k, norm_topk_prob
     return jnp.einsum("TED,TE->TD", y, full)
 
 
+def load_balancing_loss(router_logits: tuple[jax.Array, ...], top_k: int, valid: jax.Array | None = None) -> jax.Array:
+    """The auxiliary load-balancing loss as transformers computes it for Qwen3-MoE (Switch
+    Transformer's, over all layers' tokens together): E * sum_e f_e * P_e, with f_e the share of
+    top-k slots routed to expert e (per slot rank) and P_e the mean router probability of e.
+    router_logits: one [T, E] per MoE layer; valid [T]: real tokens (padding excluded)."""
+    logits = jnp.concatenate(router_logits, axis=0).astype(jnp.float32)        # [N*T, E]
+    e = logits.shape[-1]
+    probs = jax.nn.softmax(logits, axis=-1)
+    _, chosen = jax.lax.top_k(probs, top_k)
+    mask = jax.nn.one_hot(chosen, e, dtype=jnp.float32)                         # [N*T, k, E]
+    if valid is None:
+        w = jnp.ones(logits.shape[:1], jnp.float32)
+    else:
+        w = jnp.tile(valid.reshape(-1).astype(jnp.float32), len(router_logits))
+    denom = jnp.maximum(jnp.sum(w), 1.0)
+    tokens_per_expert = jnp.einsum("TKE,T->KE", mask, w) / denom
+    prob_per_expert = jnp.einsum("TE,T->E", probs, w) / denom
+    return jnp.sum(tokens_per_expert * prob_per_expert[None]) * e
+
+
+def router_z_loss(router_logits: tuple[jax.Array, ...], valid: jax.Array | None = None) -> jax.Array:
+    """ST-MoE's router z-loss: the mean over tokens and layers of logsumexp(router logits)^2."""
+    logits = jnp.concatenate(router_logits, axis=0).astype(jnp.float32)
+    z = jax.nn.logsumexp(logits, axis=-1) ** 2
+    if valid is None:
+        return jnp.mean(z)
+    w = jnp.tile(valid.reshape(-1).astype(jnp.float32), len(router_logits))
+    return jnp.sum(z * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+
 class SparseMoeBlock(nnx.Module):
     """`gate` is the router W[E, D]; `experts` holds gate/up/down projections stacked on E."""
 

@@ -69,7 +69,8 @@ def objective(c) -> ObjectiveConfig:
         shorten_prob=o.shorten_prob, stage2_step=None if o.stage2_step < 0 else o.stage2_step,
         edit_fraction=o.edit_fraction, edit_weight=o.edit_weight, attention=o.attention, block_size=o.block_size,
         sft=o.sft, ar_weight=o.ar_weight, diffusion_weight=o.diffusion_weight, length_weight=o.length_weight,
-        vocab_chunk=o.vocab_chunk)
+        vocab_chunk=o.vocab_chunk, router_aux_coef=None if o.router_aux_coef < 0 else o.router_aux_coef,
+        router_z_coef=o.router_z_coef)
 
 
 def optimizer(c) -> OptimConfig:

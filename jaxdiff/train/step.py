@@ -21,6 +21,7 @@ import optax
 
 from jaxdiff.diffusion import corrupt, losses
 from jaxdiff.model import lora as lora_lib
+from jaxdiff.model import moe as moe_lib
 from jaxdiff.diffusion.schedules import Schedule, clamp_mask_prob, sample_times
 from jaxdiff.train import state as state_lib
 from jaxdiff.train.optim import OptimConfig, build_optimizer
@@ -48,6 +49,9 @@ class ObjectiveConfig:
     diffusion_weight: float = 1.0
     length_weight: float = 0.0
     vocab_chunk: int = 8192             # [tokens, chunk] float32 logits at a time
+    router_aux_coef: float | None = None  # MoE load-balancing loss weight (None: the model config's
+                                          # router_aux_loss_coef, as the HF checkpoint sets it)
+    router_z_coef: float = 0.0            # MoE router z-loss weight (ST-MoE; 1e-3 is typical)
 
     def __post_init__(self):
         if self.loss not in losses.LOSSES:
@@ -100,7 +104,19 @@ def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=No
         loss = loss + obj.edit_weight * jnp.sum(jnp.where(edited, stats.nll, 0.0)) / (b * l)
     metrics = {"diffusion/loss": loss, "diffusion/masked_acc": losses.masked_accuracy(stats, masked),
                "diffusion/mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(maskable), 1)}
-    return loss, metrics
+    return loss + _router_terms(model, out, valid, obj, metrics), metrics
+
+
+def _router_terms(model, out, valid, obj: ObjectiveConfig, metrics: dict):
+    """MoE router losses of one forward pass, weighted; both are logged (as moe/*) on MoE models."""
+    if not out.router_logits:
+        return 0.0
+    cfg = model.config
+    aux = moe_lib.load_balancing_loss(out.router_logits, cfg.num_experts_per_tok, valid)
+    z = moe_lib.router_z_loss(out.router_logits, valid)
+    metrics.update({"moe/aux_loss": aux, "moe/z_loss": z})
+    coef = cfg.router_aux_loss_coef if obj.router_aux_coef is None else obj.router_aux_coef
+    return coef * aux + obj.router_z_coef * z
 
 
 def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
@@ -111,7 +127,10 @@ def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
     pos = jnp.arange(1, tokens.shape[1])[None]
     target_mask = valid[:, 1:] & valid[:, :-1] & (pos >= plen[:, None])
     loss = jnp.sum(jnp.where(target_mask, stats.nll, 0.0)) / jnp.maximum(jnp.sum(target_mask), 1)
-    return loss, {"ar/loss": loss, "ar/acc": losses.masked_accuracy(stats, target_mask)}
+    metrics = {"ar/loss": loss, "ar/acc": losses.masked_accuracy(stats, target_mask)}
+    if obj.diffusion_weight:   # the diffusion pass already weighs (and logs) the router losses
+        return loss, metrics
+    return loss + _router_terms(model, out, valid, obj, metrics), metrics
 
 
 def length_head(model, batch, dropout_key=None):

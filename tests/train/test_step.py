@@ -200,3 +200,28 @@ def test_lora_step_with_remat_on_a_frozen_base(policy):
     assert int(metrics["skipped"]) == 0 and np.isfinite(float(metrics["loss"]))
     moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(trainable))]
     assert any(moved)
+
+
+def test_router_losses_match_transformers_and_numpy():
+    """jaxdiff's load-balancing loss is transformers' Qwen3-MoE `load_balancing_loss_func` (with
+    and without padding); the z-loss is a NumPy transcription of ST-MoE's."""
+    import torch
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    from jaxdiff.model import moe
+    rng = np.random.RandomState(0)
+    b, l, e, k, layers = 2, 5, 8, 2, 3
+    logits = [rng.randn(b * l, e).astype(np.float32) * 2 for _ in range(layers)]
+    valid = np.ones((b, l), bool)
+    valid[0, :2] = False
+    for mask in (None, valid):
+        ref = load_balancing_loss_func(tuple(torch.tensor(x) for x in logits), e, k,
+                                       None if mask is None else torch.tensor(mask.astype(np.int64)))
+        got = moe.load_balancing_loss(tuple(jnp.asarray(x) for x in logits), k,
+                                      None if mask is None else jnp.asarray(mask))
+        np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
+    z = np.concatenate(logits)
+    lse = np.log(np.exp(z).sum(-1))
+    w = np.tile(valid.reshape(-1), layers)
+    np.testing.assert_allclose(float(moe.router_z_loss(tuple(map(jnp.asarray, logits)), jnp.asarray(valid))),
+                               (lse ** 2)[w].mean(), rtol=1e-5)
