@@ -27,7 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
         dtype="float32",          # params/activations of a from-scratch model; "" keeps a checkpoint's own
         init=model_init(),
         attention_impl="chunked", # reference | chunked | fused
-        remat=False))
+        remat=False,
+        remat_policy="full",      # with remat: full (recompute everything) | dots (keep matmul outputs)
+        moe_dispatch="auto",      # auto | gspmd | all_to_all (expert parallelism over mesh.expert)
+        moe_capacity_factor=0.0)) # all_to_all: slots per expert = cf * tokens * k / E; 0 = dropless
     c.tokenizer = ml_collections.ConfigDict(dict(
         path="",                  # "" = the checkpoint folder's tokenizer, or train a BPE (from scratch)
         vocab_size=4096,          # for a trained BPE

@@ -2,6 +2,8 @@
 
     python tools/bench_train.py                 # ~50M-param Qwen3-MoE shape, seq 512, CPU
     python tools/bench_train.py --steps 5 --batch 2
+    python tools/bench_train.py --mesh data=8 --mesh fsdp=2,expert=4 --mesh data=2,expert=2,tensor=2 --batch 8
+        # jaxdiff only, one step time per mesh layout (8 fake CPU devices: for relative comparison only)
 
 Both sides: the same Qwen3-MoE config and random weights, LoRA r=16 alpha=32 on q/k/v/o, the LLaDA
 loss (mask with probability t, CE / t over masked tokens / (B*L)) under bidirectional attention,
@@ -28,7 +30,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jaxdiff(batch: int, seq: int, steps: int) -> dict:
+def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch: str = "auto") -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -40,28 +42,43 @@ def run_jaxdiff(batch: int, seq: int, steps: int) -> dict:
     from jaxdiff.train.optim import OptimConfig, build_optimizer
     from jaxdiff.train.step import ObjectiveConfig, jit_train_step, make_train_step
 
+    import contextlib
+
+    from jaxdiff.model import place
+    from jaxdiff.parallel import make_mesh, use_mesh
+    from jaxdiff.train.step import init_opt_state, step_shardings
+
     cfg = ModelConfig(**CONFIG)
     model = build_model(cfg)
     add_mask_token(model, mask_token_id=cfg.vocab_size - 1)
     add_lora(model, "diffusion", LoRASpec(rank=RANK, alpha=ALPHA))
-    g, frozen, trainable = st.split(model)
-    opt = build_optimizer(OptimConfig(lr=1e-4, warmup_steps=1, clip_norm=None), trainable)
-    obj = ObjectiveConfig(loss="llada", attention="bidirectional", antithetic=False)
-    step = jit_train_step(make_train_step(g, opt, obj))
-    opt_state = opt.init(trainable)
+    for layer in model.model.layers:
+        layer.mlp.dispatch = dispatch
+    mesh = make_mesh(dict((k, int(v)) for k, v in (kv.split("=") for kv in mesh_spec.split(",")))) if mesh_spec else None
     rs = np.random.RandomState(0)
     data = {"tokens": jnp.asarray(rs.randint(0, cfg.vocab_size - 1, (batch, seq)), jnp.int32),
             "valid": jnp.ones((batch, seq), bool), "prompt_lengths": jnp.zeros((batch,), jnp.int32)}
-    key = jax.random.key(0)
-    t0 = time.perf_counter()
-    trainable, opt_state, m = step(frozen, trainable, opt_state, data, key, 0)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for i in range(1, steps + 1):
-        trainable, opt_state, m = step(frozen, trainable, opt_state, data, jax.random.fold_in(key, i), i)
-    jax.block_until_ready(m)
-    dt = (time.perf_counter() - t0) / steps
+    with use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        if mesh is not None:
+            place(model, mesh)
+        g, frozen, trainable = st.split(model)
+        opt = build_optimizer(OptimConfig(lr=1e-4, warmup_steps=1, clip_norm=None), trainable)
+        obj = ObjectiveConfig(loss="llada", attention="bidirectional", antithetic=False)
+        shardings = step_shardings(mesh, frozen, trainable, opt) if mesh is not None else None
+        step = jit_train_step(make_train_step(g, opt, obj), shardings=shardings)
+        opt_state = init_opt_state(opt, trainable, shardings[2]) if mesh is not None else opt.init(trainable)
+        if mesh is not None:
+            data = jax.device_put(data, shardings[3])
+        key = jax.random.key(0)
+        t0 = time.perf_counter()
+        trainable, opt_state, m = step(frozen, trainable, opt_state, data, key, 0)
+        jax.block_until_ready(m)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for i in range(1, steps + 1):
+            trainable, opt_state, m = step(frozen, trainable, opt_state, data, jax.random.fold_in(key, i), i)
+        jax.block_until_ready(m)
+        dt = (time.perf_counter() - t0) / steps
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
     return {"name": "jaxdiff (jit, JAX)", "step_s": dt, "tokens_per_s": batch * seq / dt,
             "peak_rss_mb": _peak_rss_mb(), "compile_s": compile_s, "loss": float(m["loss"]),
@@ -116,12 +133,20 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--mesh", action="append", default=[],
+                   help="a mesh layout such as fsdp=2,expert=4 (repeat for several); jaxdiff only, fake CPU devices")
+    p.add_argument("--dispatch", default="auto", choices=("auto", "gspmd", "all_to_all"), help="MoE dispatch with --mesh")
     p.add_argument("--only", choices=["jaxdiff", "torch"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--one_mesh", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.only:
-        fn = run_jaxdiff if a.only == "jaxdiff" else run_torch
-        print(json.dumps(fn(a.batch, a.seq, a.steps)))
+        if a.only == "jaxdiff":
+            print(json.dumps(run_jaxdiff(a.batch, a.seq, a.steps, a.one_mesh, a.dispatch)))
+        else:
+            print(json.dumps(run_torch(a.batch, a.seq, a.steps)))
         return 0
+    if a.mesh:
+        return compare_meshes(a)
     results = []
     for side in ("jaxdiff", "torch"):
         out = subprocess.run([sys.executable, __file__, "--only", side, "--batch", str(a.batch), "--seq", str(a.seq),
@@ -138,6 +163,31 @@ def main(argv=None) -> int:
         print(f"{r['name']:32s} {r['step_s']:8.3f} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f}")
     print(f"ratio jaxdiff/reference: tokens/s x{jd['tokens_per_s'] / ref['tokens_per_s']:.2f}, "
           f"peak RSS x{jd['peak_rss_mb'] / ref['peak_rss_mb']:.2f} (jaxdiff compile {jd['compile_s']:.1f} s, excluded)")
+    return 0
+
+
+def compare_meshes(a) -> int:
+    """One subprocess per layout (and one single-device run), each with as many fake CPU devices as
+    its mesh needs; prints step time and tokens/s per layout."""
+    import math
+    rows = []
+    for spec in [""] + a.mesh:
+        n = math.prod(int(kv.split("=")[1]) for kv in spec.split(",")) if spec else 1
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        out = subprocess.run([sys.executable, __file__, "--only", "jaxdiff", "--one_mesh", spec, "--dispatch",
+                              a.dispatch, "--batch", str(a.batch), "--seq", str(a.seq), "--steps", str(a.steps)],
+                             capture_output=True, text=True, env=env)
+        if out.returncode:
+            print(f"mesh {spec or 'single device'}:\n{out.stderr[-3000:]}", file=sys.stderr)
+            return 1
+        rows.append((spec or "1 device (no mesh)", json.loads(out.stdout.strip().splitlines()[-1])))
+    print(f"Qwen3-MoE {rows[0][1]['params_m']:.1f}M params, {CONFIG['num_experts']} experts top-"
+          f"{CONFIG['num_experts_per_tok']}, batch {a.batch} x seq {a.seq}, LoRA r={RANK}, MoE dispatch {a.dispatch}, "
+          f"fake CPU devices on this host's cores (relative comparison only)")
+    print(f"{'layout':32s} {'step s':>8s} {'tokens/s':>10s} {'vs 1 device':>12s} {'compile s':>10s}")
+    base = rows[0][1]["step_s"]
+    for name, r in rows:
+        print(f"{name:32s} {r['step_s']:8.3f} {r['tokens_per_s']:10.1f} {base / r['step_s']:11.2f}x {r['compile_s']:10.1f}")
     return 0
 
 

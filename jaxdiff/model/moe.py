@@ -20,8 +20,13 @@ from flax import nnx
 from jaxdiff.model.config import ModelConfig
 from jaxdiff.model.layers import ExpertLinear, param
 from jaxdiff.parallel import axes as ax
+from jaxdiff.parallel import current_mesh
 
 GROUPED_IMPLS = ("ragged", "tiled")
+# "auto": all_to_all when the current mesh has expert > 1, else grouped on this device;
+# "gspmd": grouped, experts sharded by GSPMD's own choices (no explicit dispatch);
+# "all_to_all": expert parallelism by all-to-all in shard_map (jaxdiff/model/expert_parallel.py).
+DISPATCH = ("auto", "gspmd", "all_to_all")
 
 
 def default_grouped_impl() -> str:
@@ -136,13 +141,28 @@ class SparseMoeBlock(nnx.Module):
         self.gate = _Router(e, d, dtype=dtype, rngs=rngs)
         self.experts = _Experts(e, d, f, dtype=dtype, fp8_block=blk, rngs=rngs)
         self.impl = default_grouped_impl()
+        self.dispatch = "auto"         # see DISPATCH
+        self.capacity_factor = None    # all_to_all dispatch: None = dropless
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """x [B, L, D] -> (y [B, L, D], router logits [B*L, E] f32 for auxiliary losses)."""
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [B, L, D] -> (y [B, L, D], router logits [B*L, E] f32 for auxiliary losses,
+        assignments dropped over capacity (0 unless all_to_all dispatch with a capacity factor))."""
         b, l, d = x.shape
         xt = x.reshape(b * l, d)
         gate_w, up_w, down_w = (p.kernel(x.dtype) for p in (self.experts.gate_proj, self.experts.up_proj,
                                                              self.experts.down_proj))
+        if self.dispatch not in DISPATCH:
+            raise ValueError(f"MoE dispatch {self.dispatch!r}; choose from {DISPATCH}")
+        mesh = current_mesh()
+        ep = mesh is not None and mesh.shape["expert"] > 1
+        if self.dispatch == "all_to_all" and not ep:
+            raise ValueError("MoE dispatch 'all_to_all' needs a mesh with expert > 1 (jaxdiff.parallel.use_mesh)")
+        if ep and self.dispatch != "gspmd":
+            from jaxdiff.model.expert_parallel import expert_parallel_moe
+            y, logits, dropped = expert_parallel_moe(
+                xt, self.gate.weight[...], gate_w, up_w, down_w, mesh=mesh, top_k=self.top_k,
+                norm_topk_prob=self.norm_topk_prob, capacity_factor=self.capacity_factor)
+            return y.reshape(b, l, d), logits, dropped
         logits, weights, experts = route(xt, self.gate.weight[...], self.top_k, self.norm_topk_prob)
         flat = experts.reshape(-1)                      # [A]
         order = jnp.argsort(flat, stable=True)
@@ -151,7 +171,7 @@ class SparseMoeBlock(nnx.Module):
         ys = grouped_swiglu(xt[token], gate_w, up_w, down_w, group_sizes, self.impl)
         ys = ys * weights.reshape(-1)[order][:, None]
         y = jnp.zeros_like(xt).at[token].add(ys)
-        return y.reshape(b, l, d), logits
+        return y.reshape(b, l, d), logits, jnp.zeros((), jnp.int32)
 
 
 class _Router(nnx.Module):

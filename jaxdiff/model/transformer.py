@@ -30,6 +30,7 @@ class ForwardOutput:
     hidden: jax.Array
     router_logits: tuple[jax.Array, ...]
     cache: KVCache | None
+    moe_dropped: jax.Array | None = None   # token-expert assignments over capacity, all MoE layers
 
 
 def _is_fp8(cfg: ModelConfig, module_name: str) -> bool:
@@ -73,14 +74,15 @@ class DecoderLayer(nnx.Module):
         h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, impl=impl,
                                chunk=chunk)
         x = x + h
-        router_logits = None
+        router = None
         y = self.post_attention_layernorm(x)
         if self.is_moe:
-            y, router_logits = self.mlp(y)
+            y, logits, dropped = self.mlp(y)
+            router = (logits, dropped)
         else:
             y = self.mlp(y)
         x = shard(x + y, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
-        return x, kv, router_logits
+        return x, kv, router
 
 
 class Decoder(nnx.Module):
@@ -168,7 +170,7 @@ class Qwen3(nnx.Module):
         x = shard(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
         cos, sin = rope.cos_sin(positions, self.config.rope, self.config.head_dim, self.dtype)
         new_kv = []
-        router = []
+        router, dropped = [], []
         for i, layer in enumerate(self.model.layers):
             past = None if cache is None else cache.layer(i)
             impl, chunk = self.attention_impl, self.attention_chunk
@@ -187,14 +189,16 @@ class Qwen3(nnx.Module):
                 x, kv, rl = run(layer, x, cos, sin, vis, bias, past)
             new_kv.append(kv)
             if rl is not None:
-                router.append(rl)
+                router.append(rl[0])
+                dropped.append(rl[1])
         x = self.model.norm(x)
         out = None
         if logits:
             out = self.head(x)
         if cache is not None and commit:
             cache = cache.append(new_kv, rank, valid, positions, block_mode=attention == "block")
-        return ForwardOutput(logits=out, hidden=x, router_logits=tuple(router), cache=cache)
+        return ForwardOutput(logits=out, hidden=x, router_logits=tuple(router), cache=cache,
+                             moe_dropped=sum(dropped) if dropped else None)
 
     def head_weight(self, dtype) -> jax.Array:
         """The output head as W [V, D] (tied embedding or lm_head, FP8 dequantized, an active

@@ -6,12 +6,14 @@ from jaxdiff.diffusion.losses import LOSSES
 from jaxdiff.diffusion.schedules import SCHEDULES, Schedule
 from jaxdiff.model.attention import IMPLEMENTATIONS
 from jaxdiff.model.lora import HEADS, LoRASpec
+from jaxdiff.model.moe import DISPATCH
 from jaxdiff.sample.policies import get_policy
 from jaxdiff.train.optim import DECAYS, OPTIMIZERS, OptimConfig
 from jaxdiff.train.step import ObjectiveConfig
 
 CHOICES = {
     "model.attention_impl": IMPLEMENTATIONS, "model.dtype": ("", "float32", "bfloat16"),
+    "model.remat_policy": ("full", "dots"), "model.moe_dispatch": DISPATCH,
     "objective.schedule": SCHEDULES, "objective.loss": LOSSES, "objective.attention": ("bidirectional", "block"),
     "optimizer.name": OPTIMIZERS, "optimizer.decay": DECAYS, "data.kind": ("code", "text", "sft"),
 }
@@ -40,6 +42,8 @@ def validate(c) -> None:
             raise ConfigValueError(f"config.{key}={_get(c, key)!r}: must be > 0")
     if not 0 <= c.data.eval_permille < 1000:
         raise ConfigValueError(f"config.data.eval_permille={c.data.eval_permille}: must be in 0..999")
+    if c.model.moe_capacity_factor < 0:
+        raise ConfigValueError(f"config.model.moe_capacity_factor={c.model.moe_capacity_factor}: must be >= 0 (0 = dropless)")
     if c.optimizer.lr <= 0:
         raise ConfigValueError(f"config.optimizer.lr={c.optimizer.lr}: must be > 0")
     try:

@@ -89,6 +89,11 @@ def _model(c, tokenizer, mesh):
         mcfg = model_config(c.model.init, vocab, tokenizer.eos_token_id, tokenizer.pad_token_id)
         model = build_model(mcfg, dtype=jnp.dtype(c.model.dtype or "float32"), seed=c.seed)
     model.attention_impl, model.remat = c.model.attention_impl, c.model.remat
+    model.remat_policy = jax.checkpoint_policies.dots_saveable if c.model.remat_policy == "dots" else None
+    for layer in model.model.layers:
+        if layer.is_moe:
+            layer.mlp.dispatch = c.model.moe_dispatch
+            layer.mlp.capacity_factor = c.model.moe_capacity_factor or None
     add_mask_token(model, tokenizer=tokenizer, trainable=c.mask_token.trainable)
     if not c.lora.full_training:
         for h in HEADS:

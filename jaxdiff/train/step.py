@@ -115,6 +115,9 @@ def _router_terms(model, out, valid, obj: ObjectiveConfig, metrics: dict):
     aux = moe_lib.load_balancing_loss(out.router_logits, cfg.num_experts_per_tok, valid)
     z = moe_lib.router_z_loss(out.router_logits, valid)
     metrics.update({"moe/aux_loss": aux, "moe/z_loss": z})
+    if out.moe_dropped is not None:   # all-to-all dispatch with a capacity factor drops overflow
+        slots = sum(r.shape[0] for r in out.router_logits) * cfg.num_experts_per_tok
+        metrics["moe/dropped_frac"] = out.moe_dropped / slots
     coef = cfg.router_aux_loss_coef if obj.router_aux_coef is None else obj.router_aux_coef
     return coef * aux + obj.router_z_coef * z
 
