@@ -220,12 +220,36 @@ def is_workdir(path: str) -> bool:
     return os.path.isdir(os.path.join(path, "checkpoints"))
 
 
+def _with_defaults(saved: dict):
+    """A saved run config on top of today's defaults (configs/base.py), so a workdir written before
+    a field existed still loads; the saved values win."""
+    from ml_collections import ConfigDict
+
+    from configs.base import get_config
+
+    c = get_config()
+
+    def merge(dst, src):
+        for k, v in src.items():
+            if isinstance(v, dict) and k in dst and isinstance(dst[k], ConfigDict):
+                merge(dst[k], v)
+            else:
+                with dst.unlocked() if hasattr(dst, "unlocked") else _nullcontext():
+                    dst[k] = v
+
+    merge(c, saved)
+    return c
+
+
+def _nullcontext():
+    import contextlib
+    return contextlib.nullcontext()
+
+
 def load_trained(workdir: str, step: int | None = None):
     """(model, tokenizer, config) of a training run, for sampling: the config saved with the
     checkpoint rebuilds the model (base from model.checkpoint, or the from-scratch shape), then the
     trained tree of `step` (default: the newest) is restored into it. Unsharded (one device)."""
-    from ml_collections import ConfigDict
-
     workdir = os.path.abspath(workdir)
     manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("trainable", "meta"))
     steps = sorted(manager.all_steps())
@@ -236,7 +260,7 @@ def load_trained(workdir: str, step: int | None = None):
     elif step not in steps:
         raise ValueError(f"{workdir}: no checkpoint at step {step} (have {steps})")
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    c = ConfigDict(json.loads(meta["config"]))
+    c = _with_defaults(json.loads(meta["config"]))
     tokenizer = _tokenizer(c, workdir)
     model = _model(c, tokenizer, mesh=None)
     _, _, trainable = st.split(model, full_training=c.lora.full_training)

@@ -3,12 +3,13 @@ decoding saves forward passes where the model is confident, and the sampling CLI
 
 Measured on the 2-core CI machine (2026-11-24), gen_length 64, block_length 16, no cache, every
 prompt left-padded to one length: fixed-step low_confidence takes 64 forward passes per prompt,
-768 for the 12 prompts; threshold 0.3 took 64, 42, 62, 64, 43, 64, 64, 56, 48, 63, 64, 63 (697 in all, 91%), with
-identical output on prompts 2, 9 and 11 among those it shortened. The tiny model (held-out masked accuracy ~0.12) is
-rarely more than 30% sure of a token, so the saving is modest; where it is sure (the `re.compile`
-line, the `self.` attribute) the output is identical to fixed-step. The test asks for at most 95%
-of the fixed-step passes in total, never more on any prompt, and identical output with fewer passes
-on at least one prompt; threshold 1.0 must reproduce fixed-step exactly (one token per step).
+768 for the 12 prompts; threshold 0.3 took 59, 57, 41, 52, 61, 38, 55, 60, 51, 60, 42, 64 (640 in
+all, 83%), with output identical to fixed-step on prompts 0, 1, 3, 4, 7 and 9 (where the model is
+sure of its newlines, `import` lines and the `re.compile` line) and different on 2, 5, 6, 8, 10.
+The tiny model (held-out masked accuracy 0.12) is rarely more than 30% sure of a token, so the
+saving is modest. The test asks for at most 90% of the fixed-step passes in total, never more on
+any prompt, and identical output with fewer passes on at least three prompts; threshold 1.0 must
+reproduce fixed-step exactly (one token per step).
 """
 import os
 import subprocess
@@ -58,8 +59,8 @@ def test_threshold_saves_forward_passes_where_the_model_is_confident(tiny):
         if same and s_thr.forward_passes < 64:
             same_and_fewer.append(i)
     print("threshold 0.3 passes:", counts, "total", thr_total, "of", fixed_total, "same and fewer:", same_and_fewer)
-    assert thr_total <= 0.95 * fixed_total, (thr_total, fixed_total)
-    assert same_and_fewer, counts
+    assert thr_total <= 0.9 * fixed_total, (thr_total, fixed_total)
+    assert len(same_and_fewer) >= 3, (same_and_fewer, counts)
 
 
 @pytest.mark.slow
