@@ -13,6 +13,8 @@ rows. Two grouped kernels compute the same thing:
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -23,7 +25,8 @@ from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel import current_mesh
 
 GROUPED_IMPLS = ("ragged", "tiled")
-# "auto": all_to_all when the current mesh has expert > 1, else grouped on this device;
+# "auto": all_to_all when the current mesh has expert > 1 (and the tokens divide over its batch
+#         axes), else grouped on this device;
 # "gspmd": grouped, experts sharded by GSPMD's own choices (no explicit dispatch);
 # "all_to_all": expert parallelism by all-to-all in shard_map (jaxdiff/model/expert_parallel.py).
 DISPATCH = ("auto", "gspmd", "all_to_all")
@@ -157,6 +160,9 @@ class SparseMoeBlock(nnx.Module):
         ep = mesh is not None and mesh.shape["expert"] > 1
         if self.dispatch == "all_to_all" and not ep:
             raise ValueError("MoE dispatch 'all_to_all' needs a mesh with expert > 1 (jaxdiff.parallel.use_mesh)")
+        if ep and self.dispatch == "auto":   # all-to-all needs the tokens split evenly over the batch axes
+            from jaxdiff.model.expert_parallel import BATCH_AXES
+            ep = (b * l) % math.prod(mesh.shape[a] for a in BATCH_AXES) == 0
         if ep and self.dispatch != "gspmd":
             from jaxdiff.model.expert_parallel import expert_parallel_moe
             y, logits, dropped = expert_parallel_moe(
