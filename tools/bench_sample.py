@@ -161,6 +161,7 @@ def main(argv=None):
 
     import jax
     import torch
+    from flax import nnx
 
     from jaxdiff.sample import ar_generate, generate
 
@@ -185,7 +186,8 @@ def main(argv=None):
                            policy=f"threshold:{args.threshold}", cache=args.cache, stop_at_eos=False)
         return out[0, bucket:], st.forward_passes
 
-    print(f"model: {args.shape or args.workdir} ({sum(x.size for x in jax.tree.leaves(__import__('flax').nnx.state(model))) / 1e6:.1f}M params, "
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    print(f"model: {args.shape or args.workdir} ({n_params / 1e6:.1f}M params, "
           f"{model.dtype}); {len(prompts)} prompts, gen_length {g}, block_length {bl}; "
           f"devices {jax.devices()[0].platform} x{jax.device_count()}; torch threads {torch.get_num_threads()}")
     results = [run_jax("(a) ar, KV cache", ar, prompts, bucket, pad),
@@ -211,7 +213,7 @@ def main(argv=None):
           (f"   (c)/(d): {rows['(c)'] / rows['(d)']:.2f}x   (b)/(d): {rows['(b)'] / rows['(d)']:.2f}x" if '(d)' in rows else "")
           + f"   (c)/(a): {rows['(c)'] / rows['(a)']:.2f}x")
     if tok is not None:
-        print("\nsample (c):", repr(tok.decode(PROMPTS and prompts[0]) + tok.decode(results[2][3][0].tolist())))
+        print("\nsample (c):", repr(tok.decode(prompts[0]) + tok.decode(results[2][3][0].tolist())))
 
 
 if __name__ == "__main__":

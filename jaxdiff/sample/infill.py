@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.sample.ar import ar_generate
-from jaxdiff.sample.sampler import _denoise_block, _Settings, generate
+from jaxdiff.sample.sampler import _denoise_block, _Settings, as_batch, generate, resolve_mask_id
 from jaxdiff.sample.policies import get_policy
 
 
@@ -49,12 +49,8 @@ def infill(model, tokens, *, block_length: int, steps_per_block: int | None = No
            temperature: float = 0.0, mask_id: int | None = None, key=None, valid=None, lora: str | None = "diffusion"):
     """tokens [B, L] with mask tokens where text is missing -> (tokens [B, L] filled, stats dict).
     valid [B, L]: False on padding (default: all real). steps_per_block: None = one token per step."""
-    mask_id = model.config.mask_token_id if mask_id is None else mask_id
-    if mask_id is None:
-        raise ValueError("no mask token: pass mask_id or use a model whose config has mask_token_id")
-    x = jnp.asarray(tokens, jnp.int32)
-    if x.ndim != 2:
-        raise ValueError(f"tokens must be [batch, length], got shape {x.shape}")
+    mask_id = resolve_mask_id(model, mask_id)
+    x = as_batch(tokens, "tokens")
     valid = jnp.ones(x.shape, bool) if valid is None else jnp.asarray(valid, bool)
     n_masked = int(np.max(np.sum(np.asarray(x) == mask_id, axis=1)))
     if n_masked == 0:
@@ -72,8 +68,7 @@ def infill(model, tokens, *, block_length: int, steps_per_block: int | None = No
 
 def fill_span(model, prefix_ids, suffix_ids, span_length: int, **kw):
     """One row: prefix + span_length generated tokens + suffix -> (tokens [1, len], stats dict)."""
-    mask_id = model.config.mask_token_id if kw.get("mask_id") is None else kw["mask_id"]
-    row = list(prefix_ids) + [mask_id] * span_length + list(suffix_ids)
+    row = list(prefix_ids) + [resolve_mask_id(model, kw.get("mask_id"))] * span_length + list(suffix_ids)
     return infill(model, jnp.asarray([row], jnp.int32), **kw)
 
 

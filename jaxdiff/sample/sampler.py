@@ -285,6 +285,22 @@ def _to_host(tree):
     return jax.tree.map(one, tree)
 
 
+def resolve_mask_id(model, mask_id: int | None) -> int:
+    """The mask token: the given one, else the model config's; an error naming both if neither."""
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    if mask_id is None:
+        raise ValueError("no mask token: pass mask_id or use a model whose config has mask_token_id")
+    return int(mask_id)
+
+
+def as_batch(ids, name: str) -> jax.Array:
+    """Token ids as int32 [batch, length], or an error naming the argument."""
+    x = jnp.asarray(ids, jnp.int32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be [batch, length], got shape {x.shape}")
+    return x
+
+
 def _length_from_head(model, prompt_ids, prompt_mask) -> np.ndarray:
     """[B] answer lengths the length head predicts (the upper edge of its argmax bucket)."""
     graphdef, state = nnx.split(model)
@@ -325,12 +341,8 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
       finished (for streaming output). trace: also return record [B, P + G] int32, the step at
       which each position was committed (-1: prompt / EOS fill).
     """
-    mask_id = model.config.mask_token_id if mask_id is None else mask_id
-    if mask_id is None:
-        raise ValueError("no mask token: pass mask_id or use a model whose config has mask_token_id")
-    prompt_ids = jnp.asarray(prompt_ids, jnp.int32)
-    if prompt_ids.ndim != 2:
-        raise ValueError(f"prompt_ids must be [batch, length], got shape {prompt_ids.shape}")
+    mask_id = resolve_mask_id(model, mask_id)
+    prompt_ids = as_batch(prompt_ids, "prompt_ids")
     b, p = prompt_ids.shape
     prompt_mask = jnp.ones((b, p), bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
     if prompt_mask.shape != prompt_ids.shape:

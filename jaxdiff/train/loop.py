@@ -234,16 +234,11 @@ def _with_defaults(saved: dict):
             if isinstance(v, dict) and k in dst and isinstance(dst[k], ConfigDict):
                 merge(dst[k], v)
             else:
-                with dst.unlocked() if hasattr(dst, "unlocked") else _nullcontext():
+                with dst.unlocked():
                     dst[k] = v
 
     merge(c, saved)
     return c
-
-
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 def load_trained(workdir: str, step: int | None = None):

@@ -65,7 +65,7 @@ def llada_generate(logits_fn, prompt, *, steps, gen_length, block_length, temper
                 x0_p = np.full(x.shape, -np.inf)
                 x0_p[:, lo:hi] = random_scores(nb, i)
             else:
-                raise NotImplementedError(remasking)
+                raise ValueError(f"remasking={remasking!r}: the published loop has 'low_confidence' and 'random'")
             x0_p[:, hi:] = -np.inf
             x0 = np.where(mask_index, x0, x)
             confidence = np.where(mask_index, x0_p, -np.inf)
