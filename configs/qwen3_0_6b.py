@@ -5,7 +5,7 @@ bidirectional attention.
     python launch/train.py --config configs/qwen3_0_6b.py --config.model.checkpoint=/ckpt/q06b-jd \\
         --config.data.path=/data/sft.jsonl
 """
-from configs import base
+from jaxdiff.config import defaults as base
 
 
 def reference_hf_config() -> dict:

@@ -8,7 +8,7 @@ attention, SFT data.
 
 Mesh: 8 GPUs of one host as fsdp=1, expert=8 by default; see the README for multi-host layouts.
 """
-from configs import base
+from jaxdiff.config import defaults as base
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -53,5 +53,5 @@ def get_config(arg=None):
     c.optimizer.total_steps = 10000
     c.train.steps = 10000
     c.train.peak_tflops = 989.0       # H100 SXM dense bf16
-    c.mesh.data, c.mesh.fsdp, c.mesh.expert = 1, 1, 8
+    c.mesh.data, c.mesh.fsdp, c.mesh.expert = -1, 1, 8   # data = world size / 8: 1 node of 8 GPUs, or N
     return c

@@ -7,7 +7,7 @@ Python standard library's own source files (no download).
 
 A few minutes on a 2-core CPU; prints held-out masked-token accuracy and a diffusion sample.
 """
-from configs import base
+from jaxdiff.config import defaults as base
 
 
 def get_config(arg=None):

@@ -9,15 +9,11 @@ configs/sample.py and docs/sampling.md.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/sample.py)", lock_config=True)
 
@@ -115,7 +111,12 @@ def main(argv):
     row, steps, nfe, tokens = run(stream=True)
     dt = time.perf_counter() - t0
     print()
-    print(f"--- mode={c.mode} policy={c.policy} cache={c.cache} attention={c.attention}")
+    heads = {"diffusion": "diffusion", "ar": "ar", "scaffold": "ar, diffusion"}[c.mode]
+    if c.auto_length and c.mode != "ar":
+        heads = "length, " + heads
+    trained = sorted(getattr(model, "lora_heads", ())) or ["none (base only)"]
+    print(f"--- mode={c.mode} gen_length={'auto' if c.auto_length else c.gen_length} policy={c.policy} "
+          f"cache={c.cache} attention={c.attention} heads used: {heads} (adapters in the model: {', '.join(trained)})")
     print(f"steps {steps}, forward passes (NFE) {nfe}, tokens {tokens:.0f}, tokens per forward {tokens / max(nfe, 1):.2f}, "
           f"tokens/s {tokens / dt:.1f} ({dt:.2f} s{'' if c.warmup else ', including compilation'})")
 

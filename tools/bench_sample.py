@@ -29,7 +29,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 PROMPTS = [
     "def fibonacci(n):\n",

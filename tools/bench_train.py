@@ -35,7 +35,7 @@ def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxdiff.model import ModelConfig, build_model
+    from jaxdiff.model import ModelConfig, ModelOptions, build_model
     from jaxdiff.model.lora import LoRASpec, add_lora
     from jaxdiff.model.mask_token import add_mask_token
     from jaxdiff.train import state as st
@@ -49,12 +49,10 @@ def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch:
     from jaxdiff.train.step import init_opt_state, step_shardings
 
     cfg = ModelConfig(**CONFIG)
-    model = build_model(cfg)
+    mesh = make_mesh(dict((k, int(v)) for k, v in (kv.split("=") for kv in mesh_spec.split(",")))) if mesh_spec else None
+    model = build_model(cfg, options=ModelOptions(moe_dispatch=dispatch, mesh=mesh))
     add_mask_token(model, mask_token_id=cfg.vocab_size - 1)
     add_lora(model, "diffusion", LoRASpec(rank=RANK, alpha=ALPHA))
-    for layer in model.model.layers:
-        layer.mlp.dispatch = dispatch
-    mesh = make_mesh(dict((k, int(v)) for k, v in (kv.split("=") for kv in mesh_spec.split(",")))) if mesh_spec else None
     rs = np.random.RandomState(0)
     data = {"tokens": jnp.asarray(rs.randint(0, cfg.vocab_size - 1, (batch, seq)), jnp.int32),
             "valid": jnp.ones((batch, seq), bool), "prompt_lengths": jnp.zeros((batch,), jnp.int32)}

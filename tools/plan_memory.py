@@ -5,10 +5,11 @@
     python tools/plan_memory.py --config configs/qwen3_coder_30b_a3b.py --mesh expert=8 --nofp8
     python tools/plan_memory.py --config configs/qwen3_0_6b.py --mesh data=-1 --devices 4 \\
         --config.model.checkpoint=/ckpt/q06b-jd
+    python tools/plan_memory.py --workdir runs/tiny_coder --mesh data=1    # a training run's saved config
 
 Weights, adapters, optimizer state and the KV cache are computed from the abstract model and its
 shardings (no weights are read, no devices needed); activations are an estimate (see
-jaxdiff/parallel/plan.py). The architecture comes from `--config.model.checkpoint`'s config.json,
+jaxdiff/train/plan.py). The architecture comes from `--config.model.checkpoint`'s config.json,
 else from the config file's `reference_hf_config()`, else from `config.model.init`. FP8 follows
 the source (the 30B config's reference is the FP8 release); --fp8 / --nofp8 override it.
 Exits 0 when both the train step and sampling fit, 1 when one does not, 2 on bad input.
@@ -16,15 +17,12 @@ Exits 0 when both the train step and sampling fit, 1 when one does not, 2 on bad
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
 _MESH = flags.DEFINE_string("mesh", None, "axis=size,... over data, fsdp, expert, tensor (default: config.mesh)")
@@ -38,6 +36,7 @@ _PROMPT = flags.DEFINE_integer("prompt_length", None, "prompt tokens per sample 
 _SAMPLE_BATCH = flags.DEFINE_integer("sample_batch", None, "sequences sampled at once (default: --batch)")
 _MEMORY = flags.DEFINE_float("device_memory_gb", 80.0, "memory per device in GB (1e9 bytes)")
 _FP8 = flags.DEFINE_boolean("fp8", None, "plan a block-FP8 base (default: as the checkpoint / reference config)")
+_WORKDIR = flags.DEFINE_string("workdir", None, "plan the config saved in this training workdir (instead of --config)")
 
 
 def reference_hf_config(config_flag) -> dict | None:
@@ -48,6 +47,25 @@ def reference_hf_config(config_flag) -> dict | None:
     spec.loader.exec_module(module)
     fn = getattr(module, "reference_hf_config", None)
     return fn() if fn is not None else None
+
+
+def workdir_config(workdir: str):
+    """A training run's saved config (newest checkpoint) on today's defaults; a from-scratch run's
+    vocabulary is its tokenizer's."""
+    from jaxdiff import builder
+    from jaxdiff.checkpoint import workdir as wd
+    from jaxdiff.config import with_defaults
+
+    if not wd.is_workdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir}: not a training workdir (no checkpoints/ folder)")
+    mgr = wd.manager(workdir, items=("meta",))
+    try:
+        c = with_defaults(wd.saved_config(mgr, wd.pick_step(mgr, None)))
+    finally:
+        mgr.close()
+    if not c.model.checkpoint:
+        c.tokenizer.vocab_size = len(builder.tokenizer_for(c, workdir))
+    return c
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -72,22 +90,24 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     c = _CONFIG.value
-    if c is None:
-        raise app.UsageError("--config is required, e.g. --config configs/qwen3_coder_30b_a3b.py")
+    if (c is None) == (_WORKDIR.value is None):
+        raise app.UsageError("give --config (e.g. configs/qwen3_coder_30b_a3b.py) or --workdir, not both")
     absl_logging.set_verbosity(absl_logging.WARNING)  # jax logs each backend it does not find at INFO
     from jaxdiff.model.config import ConfigError
-    from jaxdiff.parallel.plan import PlanError, parse_mesh, plan_memory, resolve_mesh
+    from jaxdiff.train.plan import PlanError, parse_mesh, plan_memory, resolve_mesh
 
     try:
+        if _WORKDIR.value is not None:
+            c = workdir_config(_WORKDIR.value)
         if _MESH.value is not None:
             mesh = parse_mesh(_MESH.value, _DEVICES.value)
         else:
             mesh = resolve_mesh(dict(c.mesh), _DEVICES.value)
-        hf = None if c.model.checkpoint else reference_hf_config(flags.FLAGS["config"])
+        hf = None if c.model.checkpoint or _WORKDIR.value else reference_hf_config(flags.FLAGS["config"])
         plan = plan_memory(c, mesh=mesh, batch=_BATCH.value, seq=_SEQ.value, remat=_REMAT.value,
                            sample_batch=_SAMPLE_BATCH.value, prompt_length=_PROMPT.value, gen_length=_GEN.value,
                            fp8=_FP8.value, hf_config=hf, device_memory_gb=_MEMORY.value)
-    except (PlanError, ConfigError) as e:
+    except (PlanError, ConfigError, FileNotFoundError) as e:
         print(f"plan_memory: error: {e}", file=sys.stderr)
         return 2
     print(plan.format())

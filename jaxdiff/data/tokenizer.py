@@ -32,10 +32,23 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str):
     return fast
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def tokenizer_dir(path: str) -> str | None:
+    """Where a checkpoint folder keeps its tokenizer: the folder itself (HF), or its `hf_extra/`
+    (a converted jaxdiff checkpoint); None if neither has one."""
+    for d in (path, os.path.join(path, "hf_extra")):
+        if any(os.path.exists(os.path.join(d, f)) for f in _TOKENIZER_FILES):
+            return d
+    return None
+
+
 def load_tokenizer(path: str):
+    """The tokenizer of a tokenizer folder, an HF checkpoint or a converted checkpoint."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(tokenizer_dir(path) or path)
     except Exception as e:  # transformers raises several types for a folder without a tokenizer
         raise ValueError(f"{path}: no usable tokenizer ({type(e).__name__}: {e})") from None

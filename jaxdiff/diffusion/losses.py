@@ -17,7 +17,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("llada", "mdlm", "soft_ce")
+from jaxdiff.model.lora import LoRAWeights, project
+
+from jaxdiff.config.schema import LOSSES  # the names live in the config schema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,18 +39,21 @@ def token_stats_from_logits(logits: jax.Array, targets: jax.Array) -> TokenStats
 
 
 def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array, *,
-                        chunk: int = 8192) -> TokenStats:
-    """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks."""
+                        chunk: int = 8192, lora: LoRAWeights | None = None) -> TokenStats:
+    """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks. `lora`: the
+    output head's adapter (A [r, D], B [V, r]), applied unmerged per chunk (lora.project)."""
     v, d = head_w.shape
     n_chunks = -(-v // chunk)
     pad = n_chunks * chunk - v
     w = jnp.pad(head_w, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
+    b = None if lora is None else jnp.pad(lora.b, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
     h = hidden
+    f32 = lambda x, w: jnp.einsum("ND,VD->NV", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
 
     def body(carry, xs):
-        m, s, total, best, best_idx = carry
-        wc, c = xs
-        logits = jnp.einsum("ND,VD->NV", h, wc.astype(h.dtype), preferred_element_type=jnp.float32)
+        m, s, total, target_logit, best, best_idx = carry
+        wc, bc, c = xs
+        logits = project(h, wc, None if lora is None else lora.replace(b=bc), matmul=f32).astype(jnp.float32)
         ids = c * chunk + jnp.arange(chunk)
         real = ids < v
         logits_m = jnp.where(real[None], logits, -jnp.inf)
@@ -56,17 +61,17 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
         new_m = jnp.maximum(m, cm)
         s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
         total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
+        target_logit = target_logit + jnp.sum(jnp.where(ids[None] == targets[:, None], logits, 0.0), axis=-1)
         arg = jnp.argmax(logits_m, axis=-1)
         better = cm > best
         best_idx = jnp.where(better, c * chunk + arg, best_idx)
-        return (new_m, s, total, jnp.maximum(best, cm), best_idx), None
+        return (new_m, s, total, target_logit, jnp.maximum(best, cm), best_idx), None
 
     n = h.shape[0]
-    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
+    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
             jnp.zeros((n,), jnp.int32))
-    (m, s, total, _, best_idx), _ = jax.lax.scan(body, init, (w, jnp.arange(n_chunks)))
+    (m, s, total, target_logit, _, best_idx), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
     lse = m + jnp.log(s)
-    target_logit = jnp.einsum("ND,ND->N", h, head_w[targets].astype(h.dtype), preferred_element_type=jnp.float32)
     return TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
 
 

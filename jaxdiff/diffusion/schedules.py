@@ -11,7 +11,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-SCHEDULES = ("linear", "cosine", "power", "sigmoid")
+from jaxdiff.config.schema import SCHEDULES  # the names live in the config schema
 
 
 @dataclasses.dataclass(frozen=True)

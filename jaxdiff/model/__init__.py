@@ -12,10 +12,13 @@ from flax import nnx
 from jaxdiff.model.attention import IMPLEMENTATIONS, MODES, Visibility, attend
 from jaxdiff.model.config import ConfigError, ModelConfig, RopeConfig
 from jaxdiff.model.kv_cache import KVCache
-from jaxdiff.model.transformer import ForwardOutput, Qwen3
+from jaxdiff.model.lora import ActiveHead
+from jaxdiff.model.options import ModelOptions
+from jaxdiff.model.transformer import ForwardOutput, OutputHead, Qwen3
 
-__all__ = ["ConfigError", "ForwardOutput", "IMPLEMENTATIONS", "KVCache", "MODES", "ModelConfig", "Qwen3",
-           "RopeConfig", "Visibility", "attend", "build_model", "abstract_model", "param_specs",
+__all__ = ["ActiveHead", "ConfigError", "ForwardOutput", "IMPLEMENTATIONS", "KVCache", "MODES", "ModelConfig",
+           "ModelOptions", "OutputHead", "Qwen3", "RopeConfig", "Visibility", "attend", "build_model",
+           "abstract_model", "param_specs",
            "param_axes", "param_shardings", "place", "flat_params", "set_params"]
 
 
@@ -23,14 +26,14 @@ def _key(path) -> str:
     return ".".join(str(getattr(p, "key", p)) for p in path)
 
 
-def build_model(cfg: ModelConfig, *, dtype=jnp.float32, seed: int = 0) -> Qwen3:
+def build_model(cfg: ModelConfig, *, dtype=jnp.float32, seed: int = 0, options: ModelOptions = ModelOptions()) -> Qwen3:
     """A randomly initialised model (for from-scratch training and tests)."""
-    return Qwen3(cfg, dtype=dtype, rngs=nnx.Rngs(params=seed))
+    return Qwen3(cfg, dtype=dtype, options=options, rngs=nnx.Rngs(params=seed))
 
 
-def abstract_model(cfg: ModelConfig, *, dtype=jnp.float32) -> Qwen3:
+def abstract_model(cfg: ModelConfig, *, dtype=jnp.float32, options: ModelOptions = ModelOptions()) -> Qwen3:
     """The model with ShapeDtypeStruct leaves: no memory, no compute."""
-    return nnx.eval_shape(lambda: Qwen3(cfg, dtype=dtype, rngs=nnx.Rngs(params=0)))
+    return nnx.eval_shape(lambda: Qwen3(cfg, dtype=dtype, options=options, rngs=nnx.Rngs(params=0)))
 
 
 def _variables(model: nnx.Module, filter_=nnx.Param):

@@ -21,14 +21,17 @@ from flax import nnx, struct
 from jaxdiff.model import rope
 from jaxdiff.model.config import ModelConfig
 from jaxdiff.model.layers import Linear, RMSNorm
+from jaxdiff.model.lora import ActiveHead
+from jaxdiff.model.options import ATTENTION_IMPLS as IMPLEMENTATIONS
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel import shard
 
 MODES = ("causal", "bidirectional", "block")
+# IMPLEMENTATIONS:
 # "reference": plain einsum over the whole [Q, S] score matrix (the parity reference).
-# "chunked":   the same math one query chunk at a time (memory O(chunk * S)); default on CPU/TPU.
-# "fused":     jax.nn.dot_product_attention (cuDNN flash attention on GPU where it applies).
-IMPLEMENTATIONS = ("reference", "chunked", "fused")
+# "chunked":   the same math one query chunk at a time (memory O(chunk * S)); the default.
+# "fused":     jax.nn.dot_product_attention with the boolean mask (XLA's implementation; whether a
+#              backend picks a fused kernel for a given mask is the backend's choice).
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
@@ -90,10 +93,13 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, bias: j
 class Attention(nnx.Module):
     """Qwen3 self-attention: q/k/v/o projections, per-head RMSNorm on q and k, RoPE, GQA."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, rngs: nnx.Rngs):
-        """fp8_block(name) -> block size or None for the projection `name`."""
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, impl: str = "chunked", chunk: int = 512,
+                 rngs: nnx.Rngs):
+        """fp8_block(name) -> block size or None for the projection `name`; impl / chunk: see
+        IMPLEMENTATIONS (ModelOptions.attention_impl / attention_chunk)."""
         d, n, kv, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = n, kv, h
+        self.impl, self.chunk = impl, chunk
         lin = lambda i, o, axes, name: Linear(i, o, axes=axes, dtype=dtype, fp8_block=fp8_block(name), rngs=rngs)
         self.q_proj = lin(d, n * h, (ax.Q_HEADS, ax.EMBED), "q_proj")
         self.k_proj = lin(d, kv * h, (ax.KV_HEADS, ax.EMBED), "k_proj")
@@ -104,12 +110,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, vis: Visibility, *,
                  bias: jax.Array | None = None, past_kv: tuple[jax.Array, jax.Array] | None = None,
-                 impl: str = "chunked", chunk: int = 512) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+                 active: ActiveHead | None = None) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """x [B, Q, D] -> (out [B, Q, D], this call's (k, v) [B, Q, K, H] for a cache)."""
         b, nq, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(b, nq, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x).reshape(b, nq, self.num_kv_heads, self.head_dim))
-        v = self.v_proj(x).reshape(b, nq, self.num_kv_heads, self.head_dim)
+        q = self.q_norm(self.q_proj(x, active).reshape(b, nq, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x, active).reshape(b, nq, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x, active).reshape(b, nq, self.num_kv_heads, self.head_dim)
         q, k = rope.apply(q, cos, sin), rope.apply(k, cos, sin)
         q = shard(q, (ax.BATCH, ax.LENGTH, ax.ACT_HEADS, None))
         k = shard(k, (ax.BATCH, ax.LENGTH, ax.ACT_KV_HEADS, None))
@@ -117,5 +123,5 @@ class Attention(nnx.Module):
         if past_kv is not None:
             keys = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
-        out = attend(q, keys, values, vis, bias=bias, impl=impl, chunk=chunk)
-        return self.o_proj(out.reshape(b, nq, self.num_heads * self.head_dim)), (k, v)
+        out = attend(q, keys, values, vis, bias=bias, impl=self.impl, chunk=self.chunk)
+        return self.o_proj(out.reshape(b, nq, self.num_heads * self.head_dim), active), (k, v)

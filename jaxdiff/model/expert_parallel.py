@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
-from jaxdiff.model.moe import route
-
-BATCH_AXES = ("data", "fsdp", "expert")   # the mesh axes tokens are split over (parallel/axes.py rules)
+from jaxdiff.model import lora
+from jaxdiff.model.moe import BATCH_AXES, route
 
 
 def capacity(tokens: int, top_k: int, experts: int, capacity_factor: float | None) -> int:
@@ -35,8 +34,9 @@ def capacity(tokens: int, top_k: int, experts: int, capacity_factor: float | Non
     return max(1, min(tokens, math.ceil(capacity_factor * tokens * top_k / experts)))
 
 
-def _local_moe(x, router_w, gate_w, up_w, down_w, *, top_k, norm_topk_prob, capacity_factor):
-    """One device's share: x [T, D], router [E, D], local experts [L, F, D] / [L, D, F]."""
+def _local_moe(x, router_w, gate, up, down, *, top_k, norm_topk_prob, capacity_factor):
+    """One device's share: x [T, D], router [E, D], local experts (weights [L, F, D] / [L, D, F],
+    adapters with A [L, r, in], B [L, out, r] or None)."""
     t, d = x.shape
     e = router_w.shape[0]
     n = jax.lax.axis_size("expert")
@@ -50,8 +50,9 @@ def _local_moe(x, router_w, gate_w, up_w, down_w, *, top_k, norm_topk_prob, capa
     buf = jnp.zeros((e, c, d), x.dtype).at[flat, jnp.where(keep, slot, c)].set(x[token], mode="drop")
     recv = jax.lax.all_to_all(buf, "expert", split_axis=0, concat_axis=0, tiled=True)   # [S*L, C, D]
     recv = recv.reshape(n, e // n, c, d)
-    h = jax.nn.silu(jnp.einsum("SLCD,LFD->SLCF", recv, gate_w)) * jnp.einsum("SLCD,LFD->SLCF", recv, up_w)
-    out = jnp.einsum("SLCF,LDF->SLCD", h, down_w).reshape(e, c, d)
+    mm = lambda h, w: jnp.einsum("SLCD,LFD->SLCF", h, w.astype(h.dtype))
+    h = jax.nn.silu(lora.project(recv, *gate, matmul=mm)) * lora.project(recv, *up, matmul=mm)
+    out = lora.project(h, *down, matmul=mm).reshape(e, c, d)
     back = jax.lax.all_to_all(out, "expert", split_axis=0, concat_axis=0, tiled=True)   # [E, C, D], mine
     ys = back.at[flat, jnp.where(keep, slot, 0)].get() * (keep[:, None] * weights.reshape(-1)[:, None])
     y = jnp.zeros_like(x).at[token].add(ys.astype(x.dtype))
@@ -59,10 +60,11 @@ def _local_moe(x, router_w, gate_w, up_w, down_w, *, top_k, norm_topk_prob, capa
     return y, logits, dropped
 
 
-def expert_parallel_moe(x, router_w, gate_w, up_w, down_w, *, mesh, top_k: int, norm_topk_prob: bool,
+def expert_parallel_moe(x, router_w, gate, up, down, *, mesh, top_k: int, norm_topk_prob: bool,
                         capacity_factor: float | None = None):
-    """x [T, D] (T split over the batch axes) -> (y [T, D], router logits [T, E] f32, assignments
-    dropped over capacity (a scalar, over all devices))."""
+    """x [T, D] (T split over the batch axes); gate/up/down: (weights [E, out, in], LoRAWeights or
+    None) -> (y [T, D], router logits [T, E] f32, assignments dropped over capacity (a scalar, over
+    all devices))."""
     n = mesh.shape["expert"]
     if router_w.shape[0] % n:
         raise ValueError(f"expert parallelism: {router_w.shape[0]} experts do not divide over expert={n} devices")
@@ -71,10 +73,14 @@ def expert_parallel_moe(x, router_w, gate_w, up_w, down_w, *, mesh, top_k: int, 
         raise ValueError(f"expert parallelism: {x.shape[0]} tokens do not divide over the batch axes "
                          f"{BATCH_AXES} ({ways} ways)")
     tok, w = P(BATCH_AXES, None), P("expert", None, None)
+    # Adapters enter like their weights (sharded on E); the dropout key is replicated.
+    spec = lambda proj: (w, None if proj[1] is None else proj[1].replace(a=w, b=w, dropout_key=(
+        None if proj[1].dropout_key is None else P())))
 
-    def body(x, router_w, gate_w, up_w, down_w):
-        return _local_moe(x, router_w, gate_w, up_w, down_w, top_k=top_k, norm_topk_prob=norm_topk_prob,
+    def body(x, router_w, gate, up, down):
+        return _local_moe(x, router_w, gate, up, down, top_k=top_k, norm_topk_prob=norm_topk_prob,
                           capacity_factor=capacity_factor)
 
-    fn = jax.shard_map(body, mesh=mesh, in_specs=(tok, P(None, None), w, w, w), out_specs=(tok, tok, P()))
-    return fn(x, router_w, gate_w, up_w, down_w)
+    fn = jax.shard_map(body, mesh=mesh, in_specs=(tok, P(None, None), spec(gate), spec(up), spec(down)),
+                       out_specs=(tok, tok, P()))
+    return fn(x, router_w, gate, up, down)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.model import lora
+from jaxdiff.model.lora import ActiveHead, Adapted
 from jaxdiff.parallel import axes as ax
 
 FP8_DTYPE = jnp.float8_e4m3fn
@@ -31,8 +32,9 @@ def dequantize_blocks(w: jax.Array, scale_inv: jax.Array, block: tuple[int, int]
     return (w.astype(jnp.float32) * s).astype(dtype)
 
 
-class Linear(nnx.Module):
-    """y[..., F] = x[..., D] W[F, D]^T, W plain or block-FP8 (dequantized inside the matmul)."""
+class Linear(nnx.Module, Adapted):
+    """y[..., F] = x[..., D] W[F, D]^T, W plain or block-FP8 (dequantized inside the matmul), plus
+    the active head's adapter if this projection carries one (lora.project)."""
 
     def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str], dtype,
                  fp8_block: tuple[int, int] | None = None, rngs: nnx.Rngs):
@@ -47,23 +49,18 @@ class Linear(nnx.Module):
             self.weight_scale_inv = param(jnp.ones(nb, jnp.float32), (ax.SCALE_BLOCKS, ax.SCALE_BLOCKS))
 
     def kernel(self, dtype) -> jax.Array:
+        """The base weight [F, D] in `dtype` (FP8 dequantized); adapters are never merged in."""
         if self.fp8_block is None:
             return self.weight[...].astype(dtype)
         return dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.einsum("...D,FD->...F", x, self.kernel(x.dtype))
-        head, _ = lora.current()
-        if head is not None and head in getattr(self, "lora_config", {}):
-            scale, rate, uid = self.lora_config[head]
-            a, b = getattr(self, f"lora_{head}_a")[...], getattr(self, f"lora_{head}_b")[...]
-            h = jnp.einsum("...D,RD->...R", lora.dropout(x, rate, uid), a.astype(x.dtype))
-            y = y + scale * jnp.einsum("...R,FR->...F", h, b.astype(x.dtype))
-        return y
+    def __call__(self, x: jax.Array, active: ActiveHead | None = None) -> jax.Array:
+        return lora.project(x, self.kernel(x.dtype), self.adapter(active))
 
 
-class ExpertLinear(nnx.Module):
-    """Per-expert weights stacked on E: W[E, F, D], plain or block-FP8 (scales [E, nbF, nbD])."""
+class ExpertLinear(nnx.Module, Adapted):
+    """Per-expert weights stacked on E: W[E, F, D], plain or block-FP8 (scales [E, nbF, nbD]).
+    Applied by the grouped expert matmuls of moe.py, adapters per expert (A [E, r, D], B [E, F, r])."""
 
     def __init__(self, num_experts: int, in_features: int, out_features: int, *, axes: tuple[str, str, str],
                  dtype, fp8_block: tuple[int, int] | None = None, rngs: nnx.Rngs):
@@ -78,18 +75,10 @@ class ExpertLinear(nnx.Module):
             self.weight_scale_inv = param(jnp.ones(nb, jnp.float32), (ax.EXPERTS, ax.SCALE_BLOCKS, ax.SCALE_BLOCKS))
 
     def kernel(self, dtype) -> jax.Array:
-        """The effective [E, F, D] weights; an active LoRA head is merged in (W + s B A per expert).
-        Adapter dropout does not apply to merged expert adapters."""
+        """The base weights [E, F, D] in `dtype` (FP8 dequantized); adapters are never merged in."""
         if self.fp8_block is None:
-            w = self.weight[...].astype(dtype)
-        else:
-            w = dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
-        head, _ = lora.current()
-        if head is not None and head in getattr(self, "lora_config", {}):
-            scale = self.lora_config[head][0]
-            a, b = getattr(self, f"lora_{head}_a")[...], getattr(self, f"lora_{head}_b")[...]
-            w = w + (scale * jnp.einsum("EFR,ERD->EFD", b, a)).astype(dtype)
-        return w
+            return self.weight[...].astype(dtype)
+        return dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
 
 
 class RMSNorm(nnx.Module):

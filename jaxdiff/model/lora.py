@@ -3,18 +3,22 @@
 
 The types subclass `nnx.Variable`, not `nnx.Param`: `FROZEN = nnx.Param` selects the base and
 nothing else, `TRAINABLE` every adapter. B starts at zero, so an untrained adapter changes nothing.
-Which head is active is a trace-time choice made by `Qwen3.forward(lora=...)`.
+
+Which head is active is an argument of the forward pass: `Qwen3.forward(lora=...)` builds an
+`ActiveHead` and hands it down to every projection. Every adapted projection computes the same
+unmerged form, `project`: x W^T + scale (drop(x) A^T) B^T, with one matmul function for both
+parts (a plain matmul, or the grouped expert matmuls of moe.py / expert_parallel.py). W + BA is
+formed only when an adapter is exported merged.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
-import threading
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from jaxdiff.parallel import axes as ax
 
@@ -58,44 +62,75 @@ class LoRASpec:
         return self.alpha / self.rank
 
 
-class _Active(threading.local):
-    head: str | None = None
-    key: jax.Array | None = None
+@struct.dataclass
+class ActiveHead:
+    """The adapter head a forward pass runs with (None: the base alone) and, in training, the key
+    of its adapter dropout."""
+
+    name: str | None = struct.field(pytree_node=False, default=None)
+    dropout_key: jax.Array | None = None
+
+    def __post_init__(self):
+        if self.name is not None and self.name not in HEAD_TYPES:
+            raise ValueError(f"lora head {self.name!r}; choose from {HEADS}")
 
 
-_ACTIVE = _Active()
+BASE = ActiveHead()
 
 
-@contextlib.contextmanager
-def active(head: str | None, dropout_key: jax.Array | None = None):
-    """Makes `head`'s adapters active for the forward passes traced inside."""
-    if head is not None and head not in HEAD_TYPES:
-        raise ValueError(f"lora head {head!r}; choose from {HEADS}")
-    prev = (_ACTIVE.head, _ACTIVE.key)
-    _ACTIVE.head, _ACTIVE.key = head, dropout_key
-    try:
-        yield
-    finally:
-        _ACTIVE.head, _ACTIVE.key = prev
+@struct.dataclass
+class LoRAWeights:
+    """One projection's adapter as the forward pass uses it: A [..., r, in], B [..., out, r]."""
+
+    a: jax.Array
+    b: jax.Array
+    scale: float = struct.field(pytree_node=False)
+    rate: float = struct.field(pytree_node=False, default=0.0)
+    uid: int = struct.field(pytree_node=False, default=0)
+    dropout_key: jax.Array | None = None
+
+    def drop(self, x: jax.Array) -> jax.Array:
+        if self.rate <= 0 or self.dropout_key is None:
+            return x
+        keep = jax.random.bernoulli(jax.random.fold_in(self.dropout_key, self.uid), 1.0 - self.rate, x.shape)
+        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
 
 
-def current() -> tuple[str | None, jax.Array | None]:
-    return _ACTIVE.head, _ACTIVE.key
+def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., in] W [out, in]^T -> [..., out]."""
+    return jnp.einsum("...D,FD->...F", x, w.astype(x.dtype))
 
 
-def dropout(x: jax.Array, rate: float, uid: int) -> jax.Array:
-    _, key = current()
-    if rate <= 0 or key is None:
-        return x
-    keep = jax.random.bernoulli(jax.random.fold_in(key, uid), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+def project(x: jax.Array, w: jax.Array, lora: LoRAWeights | None,
+            matmul: Callable[[jax.Array, jax.Array], jax.Array] = dense_matmul) -> jax.Array:
+    """x W^T + scale (drop(x) A^T) B^T, every product through `matmul` (weights [..., out, in])."""
+    y = matmul(x, w)
+    if lora is not None:
+        low = matmul(lora.drop(x), lora.a.astype(x.dtype))
+        y = y + lora.scale * matmul(low, lora.b.astype(x.dtype))
+    return y
+
+
+class Adapted:
+    """Mixin of the projections that can carry adapters (Linear, ExpertLinear): the per-head
+    settings are a tuple of (head, scale, dropout, uid), static and hashable."""
+
+    lora_settings: tuple[tuple[str, float, float, int], ...] = ()
+
+    def adapter(self, active: ActiveHead | None) -> LoRAWeights | None:
+        if active is None or active.name is None:
+            return None
+        for head, scale, rate, uid in self.lora_settings:
+            if head == active.name:
+                return LoRAWeights(getattr(self, f"lora_{head}_a")[...], getattr(self, f"lora_{head}_b")[...],
+                                   scale, rate, uid, active.dropout_key)
+        return None
 
 
 def add_lora(model: nnx.Module, head: str, spec: LoRASpec, *, seed: int = 0) -> list[str]:
-    """Attaches `head` adapters to every Linear / ExpertLinear whose path matches a target.
-    Returns the adapted module paths; raises if no module matched (a typo in targets)."""
-    from jaxdiff.model.layers import ExpertLinear, Linear
-
+    """Attaches `head` adapters to every Linear / ExpertLinear whose path matches a target (the
+    builder does this once, before the model is used). Returns the adapted module paths; raises
+    if no module matched (a typo in targets)."""
     if head not in HEAD_TYPES:
         raise ValueError(f"lora head {head!r}; choose from {HEADS}")
     var_type = HEAD_TYPES[head]
@@ -103,7 +138,7 @@ def add_lora(model: nnx.Module, head: str, spec: LoRASpec, *, seed: int = 0) -> 
     key = jax.random.key(seed)
     adapted = []
     for uid, (path, module) in enumerate(nnx.iter_graph(model)):
-        if not isinstance(module, (Linear, ExpertLinear)):
+        if not isinstance(module, Adapted):
             continue
         name = ".".join(str(p) for p in path)
         if not any(p.search(name) for p in patterns):
@@ -119,7 +154,8 @@ def add_lora(model: nnx.Module, head: str, spec: LoRASpec, *, seed: int = 0) -> 
         setattr(module, f"lora_{head}_a", var_type(a, axes=(*lead_axes, ax.LORA_RANK, in_axis)))
         setattr(module, f"lora_{head}_b", var_type(jnp.zeros((*lead, out_f, spec.rank), jnp.float32),
                                                    axes=(*lead_axes, out_axis, ax.LORA_RANK)))
-        module.lora_config = {**getattr(module, "lora_config", {}), head: (spec.scale, spec.dropout, uid)}
+        others = tuple(h for h in module.lora_settings if h[0] != head)
+        module.lora_settings = tuple(sorted(others + ((head, float(spec.scale), float(spec.dropout), uid),)))
         adapted.append(name)
     if not adapted:
         raise ValueError(f"lora head {head!r}: no module matched targets {spec.targets}")

@@ -4,7 +4,8 @@ Einsum letters: T tokens (B*L flattened), D model width, F expert FFN width, E e
 token-expert assignments.
 
 Experts run grouped: assignments are sorted by expert and each expert multiplies only its own
-rows. Two grouped kernels compute the same thing:
+rows, its adapter (if the active head has one) applied unmerged through the same grouped matmul.
+Two grouped kernels compute the same thing:
   "ragged": `jax.lax.ragged_dot_general` (native grouped GEMM on GPU/TPU);
   "tiled":  rows padded per expert to a multiple of a tile and multiplied tile by tile against the
             owning expert's weights (static shapes; compute ~A rows, not T * E). XLA:CPU lowers
@@ -19,21 +20,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxdiff.model import lora
 from jaxdiff.model.config import ModelConfig
 from jaxdiff.model.layers import ExpertLinear, param
+from jaxdiff.model.lora import ActiveHead
+from jaxdiff.model.options import GROUPED_IMPLS, MOE_DISPATCH as DISPATCH, ModelOptions
 from jaxdiff.parallel import axes as ax
-from jaxdiff.parallel import current_mesh
 
-GROUPED_IMPLS = ("ragged", "tiled")
-# "auto": all_to_all when the current mesh has expert > 1 (and the tokens divide over its batch
-#         axes), else grouped on this device;
-# "gspmd": grouped, experts sharded by GSPMD's own choices (no explicit dispatch);
-# "all_to_all": expert parallelism by all-to-all in shard_map (jaxdiff/model/expert_parallel.py).
-DISPATCH = ("auto", "gspmd", "all_to_all")
-
-
-def default_grouped_impl() -> str:
-    return "tiled" if jax.default_backend() == "cpu" else "ragged"
+BATCH_AXES = ("data", "fsdp", "expert")   # the mesh axes tokens are split over (parallel/axes.py rules)
 
 
 def route(x: jax.Array, router_w: jax.Array, top_k: int, norm_topk_prob: bool):
@@ -50,7 +44,7 @@ def _ragged(xs: jax.Array, w: jax.Array, group_sizes: jax.Array) -> jax.Array:
     """xs [A, D] sorted by expert, w [E, F, D] -> [A, F]."""
     dn = jax.lax.RaggedDotDimensionNumbers(
         dot_dimension_numbers=(([1], [2]), ([], [])), lhs_ragged_dimensions=[0], rhs_group_dimensions=[0])
-    return jax.lax.ragged_dot_general(xs, w, group_sizes, dn)
+    return jax.lax.ragged_dot_general(xs, w.astype(xs.dtype), group_sizes, dn)
 
 
 def _tile_plan(group_sizes: jax.Array, num_rows: int, tile: int):
@@ -69,7 +63,7 @@ def _tile_plan(group_sizes: jax.Array, num_rows: int, tile: int):
 def _tiled(xs, w, plan, tile):
     dest, tile_expert, n_tiles = plan
     xp = jnp.zeros((n_tiles * tile, xs.shape[1]), xs.dtype).at[dest].set(xs)
-    y = jnp.einsum("ZRD,ZFD->ZRF", xp.reshape(n_tiles, tile, -1), w[tile_expert])
+    y = jnp.einsum("ZRD,ZFD->ZRF", xp.reshape(n_tiles, tile, -1), w[tile_expert].astype(xs.dtype))
     return y.reshape(n_tiles * tile, -1)[dest]
 
 
@@ -81,26 +75,37 @@ def _tile_size(rows: int, experts: int) -> int:
     return t
 
 
-def grouped_swiglu(xs, gate_w, up_w, down_w, group_sizes, impl: str):
-    """SwiGLU expert FFN on rows sorted by expert: xs [A, D] -> [A, D]."""
+def grouped_matmul(xs: jax.Array, group_sizes: jax.Array, impl: str):
+    """The matmul of rows sorted by expert against per-expert weights [E, out, in], for
+    `lora.project`: (xs [A, in], w [E, out, in]) -> [A, out]."""
     if impl == "ragged":
-        h = jax.nn.silu(_ragged(xs, gate_w, group_sizes)) * _ragged(xs, up_w, group_sizes)
-        return _ragged(h, down_w, group_sizes)
+        return lambda x, w: _ragged(x, w, group_sizes)
     if impl != "tiled":
         raise ValueError(f"MoE grouped impl {impl!r} unknown; choose from {GROUPED_IMPLS}")
     tile = _tile_size(xs.shape[0], group_sizes.shape[0])
     plan = _tile_plan(group_sizes, xs.shape[0], tile)
-    h = jax.nn.silu(_tiled(xs, gate_w, plan, tile)) * _tiled(xs, up_w, plan, tile)
-    return _tiled(h, down_w, plan, tile)
+    return lambda x, w: _tiled(x, w, plan, tile)
 
 
-def dense_reference_moe(x, router_w, gate_w, up_w, down_w, top_k, norm_topk_prob):
-    """Every token through every expert, weighted by the (zero outside top-k) routing weights."""
+def grouped_swiglu(xs, gate, up, down, group_sizes, impl: str):
+    """SwiGLU expert FFN on rows sorted by expert: xs [A, D] -> [A, D]. gate/up/down are (weights
+    [E, F, D] or [E, D, F], LoRAWeights or None)."""
+    mm = grouped_matmul(xs, group_sizes, impl)
+    h = jax.nn.silu(lora.project(xs, *gate, matmul=mm)) * lora.project(xs, *up, matmul=mm)
+    return lora.project(h, *down, matmul=mm)
+
+
+def dense_reference_moe(x, router_w, gate_w, up_w, down_w, top_k, norm_topk_prob, loras=(None, None, None)):
+    """Every token through every expert, weighted by the (zero outside top-k) routing weights.
+    loras: the gate/up/down adapters (LoRAWeights with A [E, r, in], B [E, out, r]) or None."""
     _, weights, experts = route(x, router_w, top_k, norm_topk_prob)
     full = jnp.zeros((x.shape[0], router_w.shape[0]), x.dtype)
     full = full.at[jnp.arange(x.shape[0])[:, None], experts].set(weights)  # [T, E]
-    h = jax.nn.silu(jnp.einsum("TD,EFD->TEF", x, gate_w)) * jnp.einsum("TD,EFD->TEF", x, up_w)
-    y = jnp.einsum("TEF,EDF->TED", h, down_w)
+    def every(t, w):   # [T, in] or per expert [T, E, in] -> [T, E, out]
+        return jnp.einsum("TD,EFD->TEF" if t.ndim == 2 else "TED,EFD->TEF", t, w.astype(t.dtype))
+
+    h = jax.nn.silu(lora.project(x, gate_w, loras[0], every)) * lora.project(x, up_w, loras[1], every)
+    y = lora.project(h, down_w, loras[2], every)                              # [T, E, D]
     return jnp.einsum("TED,TE->TD", y, full)
 
 
@@ -135,46 +140,45 @@ def router_z_loss(router_logits: tuple[jax.Array, ...], valid: jax.Array | None 
 
 
 class SparseMoeBlock(nnx.Module):
-    """`gate` is the router W[E, D]; `experts` holds gate/up/down projections stacked on E."""
+    """`gate` is the router W[E, D]; `experts` holds gate/up/down projections stacked on E. How
+    tokens reach their experts follows `options` (moe_dispatch, capacity factor, mesh)."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, fp8: bool, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8: bool, options: ModelOptions, rngs: nnx.Rngs):
         e, d, f = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size
         blk = cfg.fp8_block_size if fp8 else None
         self.top_k, self.norm_topk_prob = cfg.num_experts_per_tok, cfg.norm_topk_prob
         self.gate = _Router(e, d, dtype=dtype, rngs=rngs)
         self.experts = _Experts(e, d, f, dtype=dtype, fp8_block=blk, rngs=rngs)
-        self.impl = default_grouped_impl()
-        self.dispatch = "auto"         # see DISPATCH
-        self.capacity_factor = None    # all_to_all dispatch: None = dropless
+        self.options = options
 
-    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _all_to_all(self, tokens: int) -> bool:
+        o = self.options
+        if o.moe_dispatch == "gspmd" or o.mesh is None or o.mesh.shape["expert"] <= 1:
+            return False
+        if o.moe_dispatch == "all_to_all":
+            return True
+        # auto: all-to-all needs the tokens split evenly over the batch axes
+        return tokens % math.prod(o.mesh.shape[a] for a in BATCH_AXES) == 0
+
+    def __call__(self, x: jax.Array, active: ActiveHead | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x [B, L, D] -> (y [B, L, D], router logits [B*L, E] f32 for auxiliary losses,
         assignments dropped over capacity (0 unless all_to_all dispatch with a capacity factor))."""
         b, l, d = x.shape
         xt = x.reshape(b * l, d)
-        gate_w, up_w, down_w = (p.kernel(x.dtype) for p in (self.experts.gate_proj, self.experts.up_proj,
-                                                             self.experts.down_proj))
-        if self.dispatch not in DISPATCH:
-            raise ValueError(f"MoE dispatch {self.dispatch!r}; choose from {DISPATCH}")
-        mesh = current_mesh()
-        ep = mesh is not None and mesh.shape["expert"] > 1
-        if self.dispatch == "all_to_all" and not ep:
-            raise ValueError("MoE dispatch 'all_to_all' needs a mesh with expert > 1 (jaxdiff.parallel.use_mesh)")
-        if ep and self.dispatch == "auto":   # all-to-all needs the tokens split evenly over the batch axes
-            from jaxdiff.model.expert_parallel import BATCH_AXES
-            ep = (b * l) % math.prod(mesh.shape[a] for a in BATCH_AXES) == 0
-        if ep and self.dispatch != "gspmd":
+        projs = (self.experts.gate_proj, self.experts.up_proj, self.experts.down_proj)
+        experts = tuple((p.kernel(x.dtype), p.adapter(active)) for p in projs)
+        if self._all_to_all(b * l):
             from jaxdiff.model.expert_parallel import expert_parallel_moe
             y, logits, dropped = expert_parallel_moe(
-                xt, self.gate.weight[...], gate_w, up_w, down_w, mesh=mesh, top_k=self.top_k,
-                norm_topk_prob=self.norm_topk_prob, capacity_factor=self.capacity_factor)
+                xt, self.gate.weight[...], *experts, mesh=self.options.mesh, top_k=self.top_k,
+                norm_topk_prob=self.norm_topk_prob, capacity_factor=self.options.moe_capacity_factor)
             return y.reshape(b, l, d), logits, dropped
-        logits, weights, experts = route(xt, self.gate.weight[...], self.top_k, self.norm_topk_prob)
-        flat = experts.reshape(-1)                      # [A]
+        logits, weights, chosen = route(xt, self.gate.weight[...], self.top_k, self.norm_topk_prob)
+        flat = chosen.reshape(-1)                       # [A]
         order = jnp.argsort(flat, stable=True)
         token = order // self.top_k                     # [A] source token of each sorted row
-        group_sizes = jnp.bincount(flat, length=gate_w.shape[0]).astype(jnp.int32)
-        ys = grouped_swiglu(xt[token], gate_w, up_w, down_w, group_sizes, self.impl)
+        group_sizes = jnp.bincount(flat, length=self.gate.weight.shape[0]).astype(jnp.int32)
+        ys = grouped_swiglu(xt[token], *experts, group_sizes, self.options.grouped_impl)
         ys = ys * weights.reshape(-1)[order][:, None]
         y = jnp.zeros_like(xt).at[token].add(ys)
         return y.reshape(b, l, d), logits, jnp.zeros((), jnp.int32)

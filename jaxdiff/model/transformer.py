@@ -13,13 +13,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxdiff.model import lora as lora_lib
 from jaxdiff.model import rope
 from jaxdiff.model.attention import MODES, Attention, Visibility
 from jaxdiff.model.config import ModelConfig
 from jaxdiff.model.kv_cache import KVCache
 from jaxdiff.model.layers import Embedding, Linear, RMSNorm
+from jaxdiff.model.lora import ActiveHead, LoRAWeights
 from jaxdiff.model.moe import SparseMoeBlock
+from jaxdiff.model.options import ModelOptions
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel import shard
 
@@ -52,53 +53,59 @@ class MLP(nnx.Module):
         self.up_proj = Linear(d, f, axes=(ax.MLP, ax.EMBED), dtype=dtype, fp8_block=blk("up_proj"), rngs=rngs)
         self.down_proj = Linear(f, d, axes=(ax.EMBED, ax.MLP), dtype=dtype, fp8_block=blk("down_proj"), rngs=rngs)
 
-    def __call__(self, x):
-        h = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
-        return self.down_proj(shard(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP)))
+    def __call__(self, x, active: ActiveHead | None = None):
+        h = jax.nn.silu(self.gate_proj(x, active)) * self.up_proj(x, active)
+        return self.down_proj(shard(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP)), active)
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, idx: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, idx: int, *, dtype, options: ModelOptions, rngs: nnx.Rngs):
         prefix = f"model.layers.{idx}"
         self.is_moe = cfg.layer_is_moe(idx)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         attn_blk = lambda n: cfg.fp8_block_size if _is_fp8(cfg, f"{prefix}.self_attn.{n}") else None
-        self.self_attn = Attention(cfg, dtype=dtype, fp8_block=attn_blk, rngs=rngs)
+        self.self_attn = Attention(cfg, dtype=dtype, fp8_block=attn_blk, impl=options.attention_impl,
+                                   chunk=options.attention_chunk, rngs=rngs)
         if self.is_moe:
-            self.mlp = SparseMoeBlock(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.mlp.experts"), rngs=rngs)
+            self.mlp = SparseMoeBlock(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.mlp.experts"), options=options,
+                                      rngs=rngs)
         else:
             self.mlp = MLP(cfg, f"{prefix}.mlp", dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, vis, *, bias, past_kv, impl, chunk):
-        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, impl=impl,
-                               chunk=chunk)
+    def __call__(self, x, cos, sin, vis, *, bias, past_kv, active: ActiveHead):
+        h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, active=active)
         x = x + h
         router = None
         y = self.post_attention_layernorm(x)
         if self.is_moe:
-            y, logits, dropped = self.mlp(y)
+            y, logits, dropped = self.mlp(y, active)
             router = (logits, dropped)
         else:
-            y = self.mlp(y)
+            y = self.mlp(y, active)
         x = shard(x + y, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
         return x, kv, router
 
 
 class Decoder(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, options: ModelOptions, rngs: nnx.Rngs):
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(cfg, i, dtype=dtype, rngs=rngs) for i in range(cfg.num_hidden_layers)])
+        self.layers = nnx.List([DecoderLayer(cfg, i, dtype=dtype, options=options, rngs=rngs)
+                                for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
 
 
-def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | None,
-                     prompt_lengths: jax.Array | None) -> jax.Array:
-    """Visibility rank [B, L] of each token for an uncached call (see attention.py)."""
+def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | None = None,
+                     prompt_lengths: jax.Array | None = None, cache: KVCache | None = None) -> jax.Array:
+    """Visibility rank [B, L] of each token of a call (the one rule; see attention.py). Without a
+    cache in block mode the first prompt_lengths real tokens of a row are block 0, then blocks of
+    block_size; with a cache in block mode the whole call is the cache's next block."""
     if attention == "causal":
         return positions
     if attention == "bidirectional":
         return jnp.zeros_like(positions)
+    if cache is not None:
+        return jnp.broadcast_to(cache.next_rank[:, None], positions.shape)
     if block_size is None or block_size <= 0:
         raise ValueError("attention='block' needs block_size > 0")
     plen = jnp.zeros(positions.shape[:1], jnp.int32) if prompt_lengths is None else prompt_lengths
@@ -106,21 +113,28 @@ def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | 
     return jnp.where(rel < 0, 0, 1 + rel // block_size).astype(jnp.int32)
 
 
+@dataclasses.dataclass(frozen=True)
+class OutputHead:
+    """The output projection as vocab-chunked losses use it: logits = h W^T (+ the active head's
+    adapter on lm_head, unmerged). W [V, D] (tied embedding or lm_head, FP8 dequantized)."""
+
+    weight: jax.Array
+    lora: LoRAWeights | None = None
+
+
 class Qwen3(nnx.Module):
     """Qwen3ForCausalLM / Qwen3MoeForCausalLM. `dtype` is the dtype of params and activations
     (FP8 weights are dequantized to it inside each matmul)."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype=jnp.float32, options: ModelOptions = ModelOptions(),
+                 rngs: nnx.Rngs):
         self.config = cfg
         self.dtype = dtype
-        self.model = Decoder(cfg, dtype=dtype, rngs=rngs)
+        self.options = options
+        self.model = Decoder(cfg, dtype=dtype, options=options, rngs=rngs)
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, axes=(ax.VOCAB, ax.EMBED), dtype=dtype,
                                   fp8_block=cfg.fp8_block_size if _is_fp8(cfg, "lm_head") else None, rngs=rngs)
-        self.attention_impl = "chunked"  # see attention.IMPLEMENTATIONS
-        self.attention_chunk = 512
-        self.remat = False         # activation checkpointing per decoder layer
-        self.remat_policy = None   # e.g. jax.checkpoint_policies.dots_saveable
 
     def __call__(self, tokens: jax.Array, **kw):
         """tokens [B, L] -> logits [B, L, V] float32; (logits, cache) when a cache is given.
@@ -134,13 +148,12 @@ class Qwen3(nnx.Module):
         of every MoE layer ([B*L, E] float32 each), and the (possibly extended) cache.
         lora: None (the base), "ar", "diffusion" or "length": whose adapters are active.
         lora_dropout_key: enables adapter dropout (training)."""
-        with lora_lib.active(lora, lora_dropout_key):
-            return self._forward(tokens, **kw)
+        return self._forward(tokens, active=ActiveHead(lora, lora_dropout_key), **kw)
 
-    def _forward(self, tokens: jax.Array, *, attention: str = "causal", block_size: int | None = None,
-                 prompt_lengths: jax.Array | None = None, padding_mask: jax.Array | None = None,
-                 bias: jax.Array | None = None, cache: KVCache | None = None, commit: bool = False,
-                 logits: bool = True) -> "ForwardOutput":
+    def _forward(self, tokens: jax.Array, *, active: ActiveHead, attention: str = "causal",
+                 block_size: int | None = None, prompt_lengths: jax.Array | None = None,
+                 padding_mask: jax.Array | None = None, bias: jax.Array | None = None,
+                 cache: KVCache | None = None, commit: bool = False, logits: bool = True) -> "ForwardOutput":
         """
 
         attention: "causal" | "bidirectional" | "block" (block needs block_size; without a cache the
@@ -155,16 +168,11 @@ class Qwen3(nnx.Module):
         valid = jnp.ones((b, l), bool) if padding_mask is None else padding_mask.astype(bool)
         offset = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
         positions = offset[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+        rank = visibility_ranks(attention, positions, block_size=block_size, prompt_lengths=prompt_lengths,
+                                cache=cache)
         if cache is None:
-            rank = visibility_ranks(attention, positions, block_size=block_size, prompt_lengths=prompt_lengths)
             vis = Visibility(rank, rank, valid)
         else:
-            if attention == "causal":
-                rank = positions
-            elif attention == "bidirectional":
-                rank = jnp.zeros_like(positions)
-            else:
-                rank = jnp.broadcast_to(cache.next_rank[:, None], (b, l))
             vis = Visibility(rank, jnp.concatenate([cache.rank, rank], 1), jnp.concatenate([cache.valid, valid], 1))
         x = self.model.embed_tokens(tokens, self.config.mask_token_id).astype(self.dtype)
         x = shard(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
@@ -173,20 +181,20 @@ class Qwen3(nnx.Module):
         router, dropped = [], []
         for i, layer in enumerate(self.model.layers):
             past = None if cache is None else cache.layer(i)
-            impl, chunk = self.attention_impl, self.attention_chunk
 
-            def run(layer, x, cos, sin, vis, bias, past):
-                return layer(x, cos, sin, vis, bias=bias, past_kv=past, impl=impl, chunk=chunk)
+            def run(layer, x, cos, sin, vis, bias, past, active):
+                return layer(x, cos, sin, vis, bias=bias, past_kv=past, active=active)
 
-            if self.remat:
+            if self.options.remat:
                 # jax.checkpoint over the layer's state, not nnx.remat: nnx.remat writes the state
                 # back into the layer's variables, and a frozen base variable (traced by the outer
                 # jit, not by the grad) refuses that write ("different trace level").
                 graphdef, state = nnx.split(layer)
                 pure = lambda state, *a: run(nnx.merge(graphdef, state), *a)
-                x, kv, rl = jax.checkpoint(pure, policy=self.remat_policy)(state, x, cos, sin, vis, bias, past)
+                x, kv, rl = jax.checkpoint(pure, policy=self.options.checkpoint_policy)(
+                    state, x, cos, sin, vis, bias, past, active)
             else:
-                x, kv, rl = run(layer, x, cos, sin, vis, bias, past)
+                x, kv, rl = run(layer, x, cos, sin, vis, bias, past, active)
             new_kv.append(kv)
             if rl is not None:
                 router.append(rl[0])
@@ -194,29 +202,24 @@ class Qwen3(nnx.Module):
         x = self.model.norm(x)
         out = None
         if logits:
-            out = self.head(x)
+            out = self.head(x, active)
         if cache is not None and commit:
             cache = cache.append(new_kv, rank, valid, positions, block_mode=attention == "block")
         return ForwardOutput(logits=out, hidden=x, router_logits=tuple(router), cache=cache,
                              moe_dropped=sum(dropped) if dropped else None)
 
-    def head_weight(self, dtype) -> jax.Array:
-        """The output head as W [V, D] (tied embedding or lm_head, FP8 dequantized, an active
-        LoRA head on lm_head merged in): what vocab-chunked losses multiply by."""
+    def output_head(self, dtype, active: ActiveHead | None = None) -> OutputHead:
+        """The output projection for vocab-chunked losses: W [V, D] (tied embedding or lm_head, FP8
+        dequantized) and the active head's lm_head adapter, unmerged."""
         if self.config.tie_word_embeddings:
-            return self.model.embed_tokens.weight[...].astype(dtype)
-        w = self.lm_head.kernel(dtype)
-        head, _ = lora_lib.current()
-        if head is not None and head in getattr(self.lm_head, "lora_config", {}):
-            scale = self.lm_head.lora_config[head][0]
-            a, b = getattr(self.lm_head, f"lora_{head}_a")[...], getattr(self.lm_head, f"lora_{head}_b")[...]
-            w = w + (scale * b @ a).astype(dtype)
-        return w
+            return OutputHead(self.model.embed_tokens.weight[...].astype(dtype))
+        return OutputHead(self.lm_head.kernel(dtype), self.lm_head.adapter(active))
 
-    def head(self, x: jax.Array) -> jax.Array:
-        """Final hidden states [..., D] -> float32 logits [..., V] (tied or untied head)."""
+    def head(self, x: jax.Array, active: ActiveHead | None = None) -> jax.Array:
+        """Final hidden states [..., D] -> float32 logits [..., V] (tied or untied head; an active
+        head's lm_head adapter applies)."""
         if self.config.tie_word_embeddings:
             out = self.model.embed_tokens.attend(x)
         else:
-            out = self.lm_head(x)
+            out = self.lm_head(x, active)
         return out.astype(jnp.float32)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxdiff.model.kv_cache import KVCache
-from jaxdiff.sample.sampler import gumbel_argmax
+from jaxdiff.sample.sampler import active_head, gumbel_argmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +78,7 @@ def ar_generate(model, prompt_ids, *, max_new_tokens: int, temperature: float = 
         raise ValueError(f"max_new_tokens={max_new_tokens} must be positive")
     if pad_id is None:
         pad_id = model.config.eos_token_id if model.config.eos_token_id is not None else 0
-    lora = lora if lora in getattr(model, "lora_heads", ()) else None
+    lora = active_head(model, lora)
     s = _ArSettings(max_new_tokens, float(temperature), tuple(int(t) for t in stop_ids), int(pad_id), lora)
     graphdef, state = nnx.split(model)
     out, n, nfe = _ar_jit(graphdef, state, prompt_ids, prompt_mask, jax.random.key(0) if key is None else key, s)

@@ -19,11 +19,11 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.sample.ar import ar_generate
-from jaxdiff.sample.sampler import _denoise_block, _Settings, as_batch, generate, resolve_mask_id
+from jaxdiff.sample.sampler import SamplerSettings, active_head, as_batch, denoise_block, generate, resolve_mask_id
 from jaxdiff.sample.policies import get_policy
 
 
-def _infill(model, x, valid, key, s: _Settings, n_blocks: int):
+def _infill(model, x, valid, key, s: SamplerSettings, n_blocks: int):
     b, l = x.shape
     masked = x == s.mask_id
     order = jnp.cumsum(masked, axis=1) - 1                       # index of each mask among its row's
@@ -34,7 +34,7 @@ def _infill(model, x, valid, key, s: _Settings, n_blocks: int):
 
     steps = nfe = jnp.int32(0)
     for blk in range(n_blocks):
-        x, n, f, _ = _denoise_block(s, x, (0, l), block_of == blk, logits_at, None, jax.random.fold_in(key, blk),
+        x, n, f, _ = denoise_block(s, x, (0, l), block_of == blk, logits_at, None, jax.random.fold_in(key, blk),
                                     steps, None)
         steps, nfe = steps + n, nfe + f
     return x, steps, nfe
@@ -57,8 +57,8 @@ def infill(model, tokens, *, block_length: int, steps_per_block: int | None = No
         return x, {"steps": 0, "forward_passes": 0}
     n_blocks = -(-n_masked // block_length)
     per_block = block_length if steps_per_block is None else steps_per_block
-    lora = lora if lora in getattr(model, "lora_heads", ()) else None
-    s = _Settings(gen_length=n_blocks * block_length, block_length=block_length, steps=per_block * n_blocks,
+    lora = active_head(model, lora)
+    s = SamplerSettings(gen_length=n_blocks * block_length, block_length=block_length, steps=per_block * n_blocks,
                   policy=get_policy(policy), temperature=float(temperature), cfg_scale=0.0, mask_id=int(mask_id),
                   eos_id=None, attention="bidirectional", cache="none", lora=lora, trace=False, on_block=None)
     graphdef, state = nnx.split(model)

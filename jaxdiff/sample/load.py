@@ -13,8 +13,9 @@ def load_for_sampling(path: str, *, step: int | None = None, dtype: str | None =
     """-> (model, tokenizer or None). A base checkpoint without a mask token gets one: at the
     tokenizer's `<|mask|>` (added if absent) or at `mask_id`; its embedding is then the mean
     embedding, i.e. the model was never trained to denoise (sampling works, quality will not)."""
+    from jaxdiff import builder
+    from jaxdiff.checkpoint.workdir import is_workdir
     from jaxdiff.data import tokenizer as tok_lib
-    from jaxdiff.train.loop import is_workdir, load_trained
 
     if not path:
         raise ValueError("config.checkpoint is empty: give a training workdir, a converted checkpoint or an HF folder")
@@ -23,20 +24,18 @@ def load_for_sampling(path: str, *, step: int | None = None, dtype: str | None =
     if is_workdir(path):
         if dtype:
             raise ValueError(f"{path} is a training workdir: its dtype comes from its config (leave dtype empty)")
-        model, tokenizer, _ = load_trained(path, step)
+        model, tokenizer, _ = builder.load_workdir(path, step)
         if tokenizer_path:
             tokenizer = tok_lib.load_tokenizer(tokenizer_path)
         return model, tokenizer
     if step is not None:
         raise ValueError(f"{path} is a checkpoint folder, not a training workdir: it has no steps to choose")
-    import jaxdiff
     from jaxdiff.model.mask_token import add_mask_token
 
-    model = jaxdiff.load_model(path, dtype=dtype or None)
+    model = builder.load_base(path, dtype=dtype or None)
     tokenizer = None
     tpath = tokenizer_path or path
-    if tokenizer_path or os.path.exists(os.path.join(path, "tokenizer.json")) or \
-            os.path.exists(os.path.join(path, "tokenizer_config.json")):
+    if tokenizer_path or tok_lib.tokenizer_dir(path):
         tokenizer = tok_lib.load_tokenizer(tpath)
     if model.config.mask_token_id is None:
         if tokenizer is None and mask_id is None:

@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.model.kv_cache import KVCache
+from jaxdiff.model.lora import ActiveHead
 from jaxdiff.sample.policies import get_policy
 
 CACHES = ("auto", "none", "block", "prefix", "dual")
@@ -102,7 +103,9 @@ def fill_after_eos(x, answer_start: int, eos_id: int):
 
 # ----------------------------------------------------------------------------- the sampler
 @dataclasses.dataclass(frozen=True)
-class _Settings:
+class SamplerSettings:
+    """Static settings of one sampling call (one compile per distinct value)."""
+
     gen_length: int
     block_length: int
     steps: int
@@ -118,7 +121,7 @@ class _Settings:
     on_block: Callable | None
 
 
-def _denoise_block(s: _Settings, x, window: tuple[int, int], in_block, logits_at, first_logits, key, step0,
+def denoise_block(s: SamplerSettings, x, window: tuple[int, int], in_block, logits_at, first_logits, key, step0,
                   record):
     """Runs one block's denoising loop over the static window [w0, w0 + W) of x [B, L], which holds
     the block; in_block [B, W] marks the block's positions in it. logits_at(x) -> float32 logits
@@ -161,46 +164,132 @@ def _denoise_block(s: _Settings, x, window: tuple[int, int], in_block, logits_at
     return x, i, nfe, record
 
 
-def _sample(model, prompt_ids, prompt_mask, answer, key, s: _Settings):
+@dataclasses.dataclass(frozen=True)
+class _Call:
+    """What every cache strategy needs of one traced `generate` call: the model, the settings, the
+    prompt width p, the real prompt length per row and the validity of every column."""
+
+    model: object
+    s: SamplerSettings
+    b: int
+    p: int
+    plen: jax.Array
+    valid: jax.Array
+
+    @property
+    def total(self) -> int:
+        return self.p + self.s.gen_length
+
+    @property
+    def cfg(self) -> bool:
+        return self.s.cfg_scale > 0
+
+    def expand(self, xs, col0: int):
+        """The model input for columns [col0, col0 + W): doubled with the prompt masked under CFG."""
+        if not self.cfg:
+            return xs
+        prompt_col = (col0 + jnp.arange(xs.shape[1]))[None] < self.p
+        return jnp.concatenate([xs, jnp.where(prompt_col, self.s.mask_id, xs)], axis=0)
+
+    def rep(self, a):
+        return jnp.concatenate([a, a], axis=0) if self.cfg else a
+
+    def hidden(self, tokens, **kw):
+        return self.model.forward(tokens, lora=self.s.lora, logits=False, **kw)
+
+    def logits(self, hidden, lo: int, hi: int):
+        """float32 logits of hidden rows [lo, hi) only (the vocab matmul is the costliest part),
+        guided under CFG."""
+        out = self.model.head(hidden[:, lo:hi], ActiveHead(self.s.lora))
+        return cfg_combine(out[:self.b], out[self.b:], self.s.cfg_scale) if self.cfg else out
+
+    def empty_cache(self, rows: int):
+        return KVCache.empty(self.model.config, rows, self.total, dtype=self.model.dtype)
+
+
+# One function per cache strategy: each returns (logits_at(x) for the block's window, the first
+# step's logits when its cache-filling pass already computed them (else None), extra forward passes).
+def no_cache(call: _Call, x, start: int, end: int, cache=None):
+    """Every step runs the whole sequence (exact, the reference)."""
+    s = call.s
+
+    def logits_at(x):
+        h = call.hidden(call.expand(x, 0), attention=s.attention, block_size=s.block_length,
+                        prompt_lengths=call.rep(call.plen), padding_mask=call.rep(call.valid)).hidden
+        return call.logits(h, start, end)
+
+    return logits_at, None, 0
+
+
+def block_cache(call: _Call, x, start: int, end: int, cache):
+    """attention='block': prompt and finished blocks are cached; a step runs the block alone (exact)."""
+    def logits_at(x):
+        h = call.hidden(call.expand(x[:, start:end], start), attention="block", cache=cache).hidden
+        return call.logits(h, 0, end - start)
+
+    return logits_at, None, 0
+
+
+def _full_pass_cache(call: _Call, x, start: int):
+    """Fast-dLLM: one bidirectional pass over everything fills a cache and gives the first step's
+    logits; later steps place the block at the position its first token has."""
+    full = call.hidden(call.expand(x, 0), attention="bidirectional", padding_mask=call.rep(call.valid),
+                       cache=call.empty_cache(call.rep(x).shape[0]), commit=True)
+    block_pos = call.rep(call.plen) + (start - call.p)
+    return full, block_pos
+
+
+def prefix_cache(call: _Call, x, start: int, end: int, cache=None):
+    """Keys/values before the block are kept for the block's other steps, which run the block and
+    everything after it (approximate: the prefix no longer sees later blocks fill in)."""
+    full, block_pos = _full_pass_cache(call, x, start)
+    c = full.cache
+    kept = c.replace(k=c.k[:, :, :start], v=c.v[:, :, :start], rank=c.rank[:, :start], valid=c.valid[:, :start],
+                     length=jnp.int32(start), next_pos=block_pos)
+
+    def logits_at(x):
+        h = call.hidden(call.expand(x[:, start:], start), attention="bidirectional", cache=kept).hidden
+        return call.logits(h, 0, end - start)
+
+    return logits_at, call.logits(full.hidden, start, end), 1
+
+
+def dual_cache(call: _Call, x, start: int, end: int, cache=None):
+    """As prefix, and the keys/values after the block are kept too: a step runs only the block
+    (approximate, the cheapest per step)."""
+    full, block_pos = _full_pass_cache(call, x, start)
+    c = full.cache
+    keep = (jnp.arange(call.total) < start) | (jnp.arange(call.total) >= end)
+    kept = c.replace(valid=c.valid & keep[None], next_pos=block_pos)
+
+    def logits_at(x):
+        h = call.hidden(call.expand(x[:, start:end], start), attention="bidirectional", cache=kept).hidden
+        return call.logits(h, 0, end - start)
+
+    return logits_at, call.logits(full.hidden, start, end), 1
+
+
+CACHE_STRATEGIES = {"none": no_cache, "block": block_cache, "prefix": prefix_cache, "dual": dual_cache}
+
+
+def _sample(model, prompt_ids, prompt_mask, answer, key, s: SamplerSettings):
     """The traced body of `generate`. answer [B, G]: the answer's starting tokens (mask, or EOS
     past a row's predicted length). Returns (tokens [B, P + G], stats arrays, record or None)."""
     b, p = prompt_ids.shape
-    g, bl = s.gen_length, s.block_length
-    total = p + g
-    n_blocks = g // bl
+    bl = s.block_length
+    n_blocks = s.gen_length // bl
     plen = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)        # real prompt tokens per row
-    valid = jnp.concatenate([prompt_mask, jnp.ones((b, g), bool)], axis=1)
+    valid = jnp.concatenate([prompt_mask, jnp.ones((b, s.gen_length), bool)], axis=1)
+    call = _Call(model, s, b, p, plen, valid)
+    strategy = CACHE_STRATEGIES[s.cache]
     x = jnp.concatenate([prompt_ids, answer.astype(prompt_ids.dtype)], axis=1)
-    cfg = s.cfg_scale > 0
-    lora = s.lora
-
-    def expand(xs, col0):
-        """The model input for columns [col0, col0 + W): doubled with the prompt masked under CFG."""
-        if not cfg:
-            return xs
-        prompt_col = (col0 + jnp.arange(xs.shape[1]))[None] < p
-        return jnp.concatenate([xs, jnp.where(prompt_col, s.mask_id, xs)], axis=0)
-
-    rep = (lambda a: jnp.concatenate([a, a], axis=0)) if cfg else (lambda a: a)
-
-    def guide(logits):
-        return cfg_combine(logits[:b], logits[b:], s.cfg_scale) if cfg else logits
-
-    def head(hidden, lo, hi):
-        """float32 logits of hidden rows [lo, hi) only (the vocab matmul is the costliest part)."""
-        return guide(model.head(hidden[:, lo:hi]))
-
-    def run(tokens, **kw):
-        return model.forward(tokens, lora=lora, logits=False, **kw)
-
-    record = jnp.full((b, total), -1, jnp.int32) if s.trace else None
+    record = jnp.full((b, call.total), -1, jnp.int32) if s.trace else None
     steps = nfe = blocks_run = jnp.int32(0)
     done = jnp.zeros((b,), bool)
     cache = None
     if s.cache == "block":   # the prompt is block 0 of the cache
-        cache = KVCache.empty(model.config, b * (2 if cfg else 1), total, dtype=model.dtype)
-        cache = run(expand(prompt_ids, 0), attention="block", padding_mask=rep(prompt_mask), cache=cache,
-                    commit=True).cache
+        cache = call.hidden(call.expand(prompt_ids, 0), attention="block", padding_mask=call.rep(prompt_mask),
+                            cache=call.empty_cache(call.rep(prompt_ids).shape[0]), commit=True).cache
         nfe += 1
     for blk in range(n_blocks):
         start, end = p + blk * bl, p + (blk + 1) * bl
@@ -208,41 +297,13 @@ def _sample(model, prompt_ids, prompt_mask, answer, key, s: _Settings):
 
         def one_block(carry, blk=blk, start=start, end=end, bkey=bkey):
             x, steps, nfe, blocks_run, record, cache = carry
-            in_block = jnp.ones((b, bl), bool)
-            first, extra = None, 0
-            if s.cache == "none":
-                def logits_at(x):
-                    h = run(expand(x, 0), attention=s.attention, block_size=bl, prompt_lengths=rep(plen),
-                            padding_mask=rep(valid)).hidden
-                    return head(h, start, end)
-            elif s.cache == "block":
-                def logits_at(x):
-                    h = run(expand(x[:, start:end], start), attention="block", cache=cache).hidden
-                    return head(h, 0, bl)
-            else:   # prefix / dual: one full pass fills the cache and gives the first step's logits
-                full = run(expand(x, 0), attention="bidirectional", padding_mask=rep(valid),
-                           cache=KVCache.empty(model.config, rep(x).shape[0], total, dtype=model.dtype), commit=True)
-                first, extra = head(full.hidden, start, end), 1
-                c = full.cache
-                block_pos = rep(plen) + (start - p)                  # position of the block's first token
-                if s.cache == "prefix":
-                    c = c.replace(k=c.k[:, :, :start], v=c.v[:, :, :start], rank=c.rank[:, :start],
-                                  valid=c.valid[:, :start], length=jnp.int32(start), next_pos=block_pos)
-                    q_end = total                                    # the block and all after it
-                else:
-                    keep = (jnp.arange(total) < start) | (jnp.arange(total) >= end)
-                    c = c.replace(valid=c.valid & keep[None], next_pos=block_pos)
-                    q_end = end                                      # the block alone
-                kept = c
-
-                def logits_at(x):
-                    h = run(expand(x[:, start:q_end], start), attention="bidirectional", cache=kept).hidden
-                    return head(h, 0, bl)
-            x, n, f, record = _denoise_block(s, x, (start, bl), in_block, logits_at, first,
-                                             bkey, steps, record)
+            logits_at, first, extra = strategy(call, x, start, end, cache)
+            x, n, f, record = denoise_block(s, x, (start, bl), jnp.ones((b, bl), bool), logits_at, first, bkey,
+                                            steps, record)
             steps, nfe = steps + n, nfe + f + extra
             if s.cache == "block" and blk + 1 < n_blocks:   # the finished block joins the cache
-                cache = run(expand(x[:, start:end], start), attention="block", cache=cache, commit=True).cache
+                cache = call.hidden(call.expand(x[:, start:end], start), attention="block", cache=cache,
+                                    commit=True).cache
                 nfe += 1
             return x, steps, nfe, blocks_run + 1, record, cache
 
@@ -293,6 +354,11 @@ def resolve_mask_id(model, mask_id: int | None) -> int:
     return int(mask_id)
 
 
+def active_head(model, head: str | None) -> str | None:
+    """`head` if the model carries that adapter head, else None (the base)."""
+    return head if head in getattr(model, "lora_heads", ()) else None
+
+
 def as_batch(ids, name: str) -> jax.Array:
     """Token ids as int32 [batch, length], or an error naming the argument."""
     x = jnp.asarray(ids, jnp.int32)
@@ -310,7 +376,7 @@ def _length_from_head(model, prompt_ids, prompt_mask) -> np.ndarray:
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def _length_jit(graphdef, state, prompt_ids, prompt_mask):
     model = nnx.merge(graphdef, state)
-    lora = "length" if "length" in getattr(model, "lora_heads", ()) else None
+    lora = active_head(model, "length")
     hidden = model.forward(prompt_ids, lora=lora, attention="bidirectional", padding_mask=prompt_mask,
                            logits=False).hidden
     head = model.length_head
@@ -379,8 +445,8 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
         raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for attention='bidirectional'; use cache='block'")
     if row_lengths is not None and eos_id is None:
         raise ValueError("gen_length='auto' ends each row with EOS: the model config has no eos_token_id")
-    lora = lora if lora in getattr(model, "lora_heads", ()) else None
-    settings = _Settings(gen_length=gen_length, block_length=block_length, steps=steps, policy=get_policy(policy),
+    lora = active_head(model, lora)
+    settings = SamplerSettings(gen_length=gen_length, block_length=block_length, steps=steps, policy=get_policy(policy),
                          temperature=float(temperature), cfg_scale=float(cfg_scale), mask_id=int(mask_id),
                          eos_id=None if eos_id is None else int(eos_id), attention=attention, cache=cache,
                          lora=lora, trace=trace, on_block=on_block)

@@ -8,7 +8,6 @@ restored from `model.checkpoint`); in full training everything is trainable and 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -20,11 +19,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from jaxdiff import builder
+from jaxdiff.checkpoint import workdir as wd
 from jaxdiff.data import pipeline, sources
-from jaxdiff.data import tokenizer as tok_lib
-from jaxdiff.model import build_model, place
-from jaxdiff.model.lora import HEADS, add_length_head, add_lora
-from jaxdiff.model.mask_token import MASK_TOKEN, add_mask_token
 from jaxdiff.parallel import make_mesh, use_mesh
 from jaxdiff.train import config as cfg_lib
 from jaxdiff.train import state as st
@@ -56,58 +53,6 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- building
-def _tokenizer(c, workdir):
-    if c.tokenizer.path:
-        return tok_lib.load_tokenizer(c.tokenizer.path)
-    if c.model.checkpoint:
-        return tok_lib.load_tokenizer(c.model.checkpoint)
-    path = os.path.join(workdir, "tokenizer")
-    if os.path.exists(os.path.join(path, "tokenizer.json")):
-        return tok_lib.load_tokenizer(path)
-    if c.data.kind != "code":
-        raise cfg_lib.ConfigValueError("config.tokenizer.path is required unless data.kind == 'code' "
-                                       "(a BPE is trained on the code corpus)")
-    if jax.process_index() == 0:
-        files = sources.code_files(c.data.path or None)
-        step = max(len(files) // c.tokenizer.train_files, 1)
-        tok = tok_lib.train_bpe((sources.read_file(p) for p in files[::step]), c.tokenizer.vocab_size, path)
-    if jax.process_count() > 1:   # the others load what process 0 wrote, once it is complete
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices("jaxdiff: tokenizer trained")
-        if jax.process_index() != 0:
-            tok = tok_lib.load_tokenizer(path)
-    return tok
-
-
-def _model(c, tokenizer, mesh):
-    if c.model.checkpoint:
-        import jaxdiff
-        model = jaxdiff.load_model(c.model.checkpoint, dtype=c.model.dtype or None, mesh=mesh)
-    else:
-        from configs.base import model_config
-        vocab = -(-len(tokenizer) // 64) * 64   # spare rows, as Qwen3's embedding has
-        mcfg = model_config(c.model.init, vocab, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        model = build_model(mcfg, dtype=jnp.dtype(c.model.dtype or "float32"), seed=c.seed)
-    model.attention_impl, model.remat = c.model.attention_impl, c.model.remat
-    model.remat_policy = jax.checkpoint_policies.dots_saveable if c.model.remat_policy == "dots" else None
-    for layer in model.model.layers:
-        if layer.is_moe:
-            layer.mlp.dispatch = c.model.moe_dispatch
-            layer.mlp.capacity_factor = c.model.moe_capacity_factor or None
-    add_mask_token(model, tokenizer=tokenizer, trainable=c.mask_token.trainable)
-    if not c.lora.full_training:
-        for h in HEADS:
-            weight = {"ar": c.objective.ar_weight or c.objective.ar_only_steps, "diffusion": c.objective.diffusion_weight,
-                      "length": c.objective.length_weight}[h]
-            if weight:
-                add_lora(model, h, cfg_lib.lora_spec(c, h), seed=c.seed)
-    if c.objective.length_weight:
-        add_length_head(model, cfg_lib.length_edges(c), hidden=c.length_head.hidden, seed=c.seed)
-    if mesh is not None:
-        place(model, mesh)
-    return model
-
-
 def _data(c, tokenizer):
     dcfg = pipeline.DataConfig(**dict(c.data))
     pi, pc = jax.process_index(), jax.process_count()
@@ -139,11 +84,11 @@ def build(c) -> Run:
         raise cfg_lib.ConfigValueError(
             f"config.data.batch_size={c.data.batch_size} is not divisible by the batch-sharded mesh axes "
             f"data x fsdp x expert = {batch_ways} (config.mesh={dict(c.mesh)}, {jax.device_count()} devices)")
-    tokenizer = _tokenizer(c, workdir)
+    tokenizer = builder.tokenizer_for(c, workdir)
     full = c.lora.full_training
     obj = cfg_lib.objective(c)
+    model = builder.build_model_from_config(c, tokenizer, mesh=mesh)
     with use_mesh(mesh):
-        model = _model(c, tokenizer, mesh)
         graphdef, frozen, trainable = st.split(model, full_training=full)
         optimizer = build_optimizer(cfg_lib.optimizer(c), trainable)
         shardings = step_shardings(mesh, frozen, trainable, optimizer)
@@ -156,10 +101,7 @@ def build(c) -> Run:
                                         shardings=shardings)
         eval_fn = jax.jit(lambda tr, fr, batch, key: loss_fn(tr, fr, graphdef, batch, key, 0, obj, full)[1])
     train_ds, eval_ds = _data(c, tokenizer)
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=c.train.keep, enable_async_checkpointing=True),
-        item_names=("trainable", "opt_state", "data", "meta"))
+    manager = wd.manager(workdir, keep=c.train.keep, asynchronous=True)
     return Run(c, mesh, tokenizer, model, graphdef, frozen, trainable, opt_state, optimizer, shardings, step_fn,
                ar_step_fn, eval_fn, iter(train_ds), eval_ds, manager)
 
@@ -213,58 +155,6 @@ def restore(run: Run, step: int | None = None) -> bool:
     if steps:
         log.warning("no readable checkpoint in %s; starting from scratch", run.manager.directory)
     return False
-
-
-def is_workdir(path: str) -> bool:
-    """Whether `path` is a training workdir (it has a checkpoints/ folder of step checkpoints)."""
-    return os.path.isdir(os.path.join(path, "checkpoints"))
-
-
-def _with_defaults(saved: dict):
-    """A saved run config on top of today's defaults (configs/base.py), so a workdir written before
-    a field existed still loads; the saved values win."""
-    from ml_collections import ConfigDict
-
-    from configs.base import get_config
-
-    c = get_config()
-
-    def merge(dst, src):
-        for k, v in src.items():
-            if isinstance(v, dict) and k in dst and isinstance(dst[k], ConfigDict):
-                merge(dst[k], v)
-            else:
-                with dst.unlocked():
-                    dst[k] = v
-
-    merge(c, saved)
-    return c
-
-
-def load_trained(workdir: str, step: int | None = None):
-    """(model, tokenizer, config) of a training run, for sampling: the config saved with the
-    checkpoint rebuilds the model (base from model.checkpoint, or the from-scratch shape), then the
-    trained tree of `step` (default: the newest) is restored into it. Unsharded (one device)."""
-    workdir = os.path.abspath(workdir)
-    manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), item_names=("trainable", "meta"))
-    steps = sorted(manager.all_steps())
-    if not steps:
-        raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoints (train first, or pass a converted checkpoint)")
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise ValueError(f"{workdir}: no checkpoint at step {step} (have {steps})")
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    c = _with_defaults(json.loads(meta["config"]))
-    tokenizer = _tokenizer(c, workdir)
-    model = _model(c, tokenizer, mesh=None)
-    _, _, trainable = st.split(model, full_training=c.lora.full_training)
-    out = manager.restore(step, args=ocp.args.Composite(
-        trainable=ocp.args.StandardRestore(_abstract(nnx.to_pure_dict(trainable)))))
-    nnx.replace_by_pure_dict(trainable, out["trainable"])
-    nnx.update(model, trainable)
-    manager.close()
-    return model, tokenizer, c
 
 
 # ----------------------------------------------------------------------------- eval / logging
@@ -373,10 +263,12 @@ def train(c, *, progress: bool = True) -> dict:
                         writer.add_scalar(f"train/{k}", v, run.step)
             if run.step % c.train.eval_every == 0 or run.step == c.train.steps:
                 final = evaluate(run)
+                # Every process samples: with sharded params the sampler's collectives need all of them.
+                text = sample_text(run)
                 if writer:
                     for k, v in final.items():
                         writer.add_scalar(f"eval/{k}", v, run.step)
-                    writer.add_text("sample", "```\n" + sample_text(run) + "\n```", run.step)
+                    writer.add_text("sample", "```\n" + text + "\n```", run.step)
                     writer.flush()
             if run.step % c.train.checkpoint_every == 0 or run.step == c.train.steps:
                 save(run)

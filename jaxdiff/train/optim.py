@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-OPTIMIZERS = ("adamw", "lion", "adafactor")
-DECAYS = ("cosine", "linear", "constant")
+from jaxdiff.config.schema import DECAYS, OPTIMIZERS  # the names live in the config schema
 
 # (regex on the dotted path, group). One table for every run.
 GROUP_RULES: tuple[tuple[str, str], ...] = (

@@ -1,25 +1,14 @@
-"""Splitting a model into a frozen base and a trainable tree, and their shardings."""
+"""The train state: a model split into a frozen base and a trainable tree (`builder.split`), merged
+back for a forward pass, and the shardings of both."""
 from __future__ import annotations
 
 import jax
 from flax import nnx
 
-from jaxdiff.model.lora import FROZEN, TRAINABLE
+from jaxdiff.builder import split
 from jaxdiff.parallel import named_sharding
 
-
-def split(model: nnx.Module, *, full_training: bool = False):
-    """-> (graphdef, frozen, trainable). LoRA training: the base (nnx.Param) is frozen and only
-    adapters, the length head and a trained mask row are trainable. Full training: everything is
-    trainable and `frozen` is empty."""
-    if full_training:
-        graphdef, trainable, frozen = nnx.split(model, nnx.Any(FROZEN, TRAINABLE), ...)
-    else:
-        graphdef, frozen, trainable, rest = nnx.split(model, FROZEN, TRAINABLE, ...)
-        if jax.tree.leaves(rest):
-            raise ValueError("model has state that is neither frozen base nor trainable: "
-                             f"{list(nnx.to_flat_state(rest))[:5]}")
-    return graphdef, frozen, trainable
+__all__ = ["merge", "split", "state_shardings"]
 
 
 def merge(graphdef, frozen, trainable, *, full_training: bool = False):

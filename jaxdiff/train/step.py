@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff.diffusion import corrupt, losses
-from jaxdiff.model import lora as lora_lib
-from jaxdiff.model import moe as moe_lib
 from jaxdiff.diffusion.schedules import Schedule, clamp_mask_prob, sample_times
+from jaxdiff.model import moe as moe_lib
+from jaxdiff.model.lora import ActiveHead
 from jaxdiff.train import state as state_lib
 from jaxdiff.train.optim import OptimConfig, build_optimizer
 
@@ -60,11 +60,11 @@ class ObjectiveConfig:
             raise ValueError(f"objective attention {self.attention!r}; choose bidirectional or block")
 
 
-def _stats(model, hidden, targets, chunk, head):
+def _stats(model, hidden, targets, chunk, head, dropout_key):
     b, l, d = hidden.shape
-    with lora_lib.active(head):
-        w = model.head_weight(hidden.dtype)
-    s = losses.token_stats_chunked(hidden.reshape(b * l, d), w, targets.reshape(-1), chunk=chunk)
+    out = model.output_head(hidden.dtype, ActiveHead(head, dropout_key))
+    s = losses.token_stats_chunked(hidden.reshape(b * l, d), out.weight, targets.reshape(-1), chunk=chunk,
+                                   lora=out.lora)
     return losses.TokenStats(*(x.reshape(b, l) for x in (s.nll, s.mean_nll, s.correct)))
 
 
@@ -93,7 +93,7 @@ def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=No
         noisy, edited = jnp.where(stage2, noisy_e, noisy), edited_e & stage2
     out = model.forward(noisy, lora="diffusion", lora_dropout_key=dropout_key, attention=obj.attention,
                         block_size=obj.block_size, prompt_lengths=plen, padding_mask=valid, logits=False)
-    stats = _stats(model, out.hidden, tokens, obj.vocab_chunk, "diffusion")
+    stats = _stats(model, out.hidden, tokens, obj.vocab_chunk, "diffusion", dropout_key)
     p_tok = jnp.broadcast_to(p[:, None], (b, l))
     dp_tok = jnp.broadcast_to(obj.schedule.mask_prob_derivative(t)[:, None], (b, l))
     answer = jnp.sum(maskable, axis=1) if obj.sft else None
@@ -126,7 +126,7 @@ def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
     tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
     out = model.forward(tokens, lora="ar", lora_dropout_key=dropout_key, attention="causal",
                         padding_mask=valid, logits=False)
-    stats = _stats(model, out.hidden[:, :-1], tokens[:, 1:], obj.vocab_chunk, "ar")
+    stats = _stats(model, out.hidden[:, :-1], tokens[:, 1:], obj.vocab_chunk, "ar", dropout_key)
     pos = jnp.arange(1, tokens.shape[1])[None]
     target_mask = valid[:, 1:] & valid[:, :-1] & (pos >= plen[:, None])
     loss = jnp.sum(jnp.where(target_mask, stats.nll, 0.0)) / jnp.maximum(jnp.sum(target_mask), 1)

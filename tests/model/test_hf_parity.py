@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import jaxdiff
+from jaxdiff.model import ModelOptions
 from tests.hf_fixtures import make_hf_checkpoint
 
 pytestmark = pytest.mark.parity
@@ -53,9 +54,8 @@ def test_logits_match_transformers(checkpoint, mode):
         mask = None if mode == "causal" else additive_mask(mode, l, b, block, plen)
         ref = hf(torch.tensor(tokens), attention_mask=mask).logits.numpy()
     assert np.abs(ref).max() > 1.0  # logits large enough for the tolerance to mean something
-    model = jaxdiff.load_model(path)
     for impl in ("reference", "chunked"):
-        model.attention_impl, model.attention_chunk = impl, 8
+        model = jaxdiff.load_model(path, options=ModelOptions(attention_impl=impl, attention_chunk=8))
         out = np.asarray(model(jnp.asarray(tokens), attention=mode, block_size=block,
                                prompt_lengths=jnp.full((b,), plen)))
         assert out.dtype == np.float32 and out.shape == ref.shape

@@ -5,7 +5,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxdiff.model import KVCache, attend, build_model, Visibility
+from jaxdiff.model import KVCache, ModelOptions, Visibility, attend, build_model
 from jaxdiff.model.layers import dequantize_blocks
 from jaxdiff.model.moe import dense_reference_moe, grouped_swiglu, route
 from tests.model import tiny
@@ -24,7 +24,7 @@ def test_grouped_moe_equals_dense_reference(impl, norm):
     flat = ex.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     sizes = jnp.bincount(flat, length=e).astype(jnp.int32)
-    ys = grouped_swiglu(x[order // k], gate, up, down, sizes, impl) * w.reshape(-1)[order][:, None]
+    ys = grouped_swiglu(x[order // k], (gate, None), (up, None), (down, None), sizes, impl) * w.reshape(-1)[order][:, None]
     y = jnp.zeros_like(x).at[order // k].add(ys)
     ref = dense_reference_moe(x, router, gate, up, down, k, norm)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)
@@ -33,11 +33,9 @@ def test_grouped_moe_equals_dense_reference(impl, norm):
 def test_moe_model_impls_agree():
     cfg = tiny.moe()
     tokens = jnp.asarray(np.random.RandomState(1).randint(0, 256, (2, 20)))
-    model = build_model(cfg)
     outs = []
     for impl in ("tiled", "ragged"):
-        for layer in model.model.layers:
-            layer.mlp.impl = impl
+        model = build_model(cfg, options=ModelOptions(moe_grouped_impl=impl))
         outs.append(np.asarray(model(tokens)))
     np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
 
@@ -47,14 +45,12 @@ def test_chunked_attention_equals_reference(attention):
     cfg = tiny.dense()
     tokens = jnp.asarray(np.random.RandomState(2).randint(0, 256, (2, 37)))
     pad = jnp.asarray(np.arange(37)[None] >= np.array([[0], [5]]))  # row 1 left-padded by 5
-    model = build_model(cfg, seed=3)
     kw = dict(attention=attention, block_size=6, prompt_lengths=jnp.array([9, 4]), padding_mask=pad)
-    model.attention_impl = "reference"
-    ref = np.asarray(model(tokens, **kw))
-    model.attention_impl, model.attention_chunk = "chunked", 8  # 5 chunks, last one padded
-    np.testing.assert_allclose(np.asarray(model(tokens, **kw)), ref, atol=1e-5)
-    model.attention_impl = "fused"
-    np.testing.assert_allclose(np.asarray(model(tokens, **kw)), ref, atol=1e-5)
+    model = lambda **o: build_model(cfg, seed=3, options=ModelOptions(**o))
+    ref = np.asarray(model(attention_impl="reference")(tokens, **kw))
+    chunked = model(attention_impl="chunked", attention_chunk=8)   # 5 chunks, last one padded
+    np.testing.assert_allclose(np.asarray(chunked(tokens, **kw)), ref, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model(attention_impl="fused")(tokens, **kw)), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", ["causal", "bidirectional", "block"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiff.model import build_model, place
+from jaxdiff.model import ModelOptions, build_model, place
 from jaxdiff.model.expert_parallel import capacity, expert_parallel_moe
 from jaxdiff.model.moe import dense_reference_moe
 from jaxdiff.parallel import make_mesh, use_mesh
@@ -41,7 +41,7 @@ def test_train_step_with_all_to_all_equals_single_device(layout):
     (t1, m1_metrics), hlo1 = _step(m1, batch, key)
     assert "all-to-all" not in hlo1
     mesh = make_mesh(layout)
-    m2 = _model(seed=5, num_experts=8)
+    m2 = _model(seed=5, num_experts=8, options=ModelOptions(mesh=mesh))
     _randomize_b(m2)
     with use_mesh(mesh):
         place(m2, mesh)
@@ -67,13 +67,13 @@ def test_dispatch_matches_the_dense_reference_and_counts_drops():
     mesh = make_mesh({"data": 2, "expert": 4})
     with use_mesh(mesh):
         y, logits, dropped = jax.jit(lambda *a: expert_parallel_moe(*a, mesh=mesh, top_k=k, norm_topk_prob=True))(
-            x, router, gw, uw, dw)
+            x, router, (gw, None), (uw, None), (dw, None))
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), atol=1e-5)
     assert int(dropped) == 0
     # capacity factor 0.5: C = ceil(0.5 * 8 * 2 / 8) = 1 slot per expert per device (8 local tokens)
     assert capacity(8, k, e, 0.5) == 1
     with use_mesh(mesh):
-        y2, _, dropped2 = expert_parallel_moe(x, router, gw, uw, dw, mesh=mesh, top_k=k, norm_topk_prob=True,
+        y2, _, dropped2 = expert_parallel_moe(x, router, (gw, None), (uw, None), (dw, None), mesh=mesh, top_k=k, norm_topk_prob=True,
                                               capacity_factor=0.5)
     # NumPy count: per device (8 tokens each), assignments past the first to each expert are dropped
     chosen = np.argsort(-np.asarray(logits), axis=1)[:, :k]
@@ -84,8 +84,5 @@ def test_dispatch_matches_the_dense_reference_and_counts_drops():
 
 
 def test_all_to_all_needs_an_expert_axis():
-    m = build_model(tiny.moe(), seed=0)
-    for layer in m.model.layers:
-        layer.mlp.dispatch = "all_to_all"
     with pytest.raises(ValueError, match="needs a mesh with expert > 1"):
-        m(jnp.zeros((1, 4), jnp.int32))
+        build_model(tiny.moe(), seed=0, options=ModelOptions(moe_dispatch="all_to_all"))

@@ -22,7 +22,7 @@ from flax import nnx
 
 from jaxdiff.data import tokenizer as tk
 from jaxdiff.parallel import distributed
-from jaxdiff.train.loop import load_trained
+from jaxdiff.builder import load_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,16 +37,16 @@ def sft(tmp_path_factory):
     return root
 
 
-def _train(sft, workdir, steps, processes):
+def _train(sft, workdir, steps, processes, extra=(), devices=8):
     args = [sys.executable, "launch/train.py", "--config", "configs/tiny_coder.py:runlocal",
             f"--config.workdir={workdir}", f"--config.train.steps={steps}", "--config.train.checkpoint_every=3",
             "--config.train.eval_every=3", "--config.data.kind=sft", f"--config.data.path={sft / 'sft.jsonl'}",
             "--config.objective.sft=True", f"--config.tokenizer.path={sft / 'tok'}", "--config.data.seq_len=32",
-            "--config.data.eval_permille=250", "--config.train.log_every=1"]
+            "--config.data.eval_permille=250", "--config.train.log_every=1", *extra]
     env = {**os.environ, "JAXDIFF_LOG_DIR": str(workdir) + "_logs"}
     if processes > 1:
         cmd = ["bash", "launch/local/multiprocess.sh", str(processes)] + args
-        env["JAXDIFF_DEVICES_PER_PROCESS"] = str(8 // processes)
+        env["JAXDIFF_DEVICES_PER_PROCESS"] = str(devices // processes)
     else:
         cmd = args
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
@@ -58,7 +58,7 @@ def _train(sft, workdir, steps, processes):
 
 
 def _trained(workdir):
-    model, _, _ = load_trained(str(workdir))
+    model, _, _ = load_workdir(str(workdir))
     return {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model))}
 
 
@@ -87,6 +87,20 @@ def test_two_processes_train_save_resume_and_match_one_process(sft, tmp_path):
     s = _trained(tmp_path / "single")
     for k in s:
         np.testing.assert_allclose(p[k], s[k], rtol=0, atol=1e-5, err_msg=str(k))
+
+
+def test_two_processes_with_sharded_params_evaluate_and_sample(sft, tmp_path):
+    """fsdp=2 x expert=2 over 2 processes x 2 devices: parameters and experts are split across the
+    processes, so the in-loop evaluation sample and the final sample run collectives that need
+    every process. (Before, only process 0 sampled in the loop and the run hung there.)"""
+    out = _train(sft, tmp_path / "sharded", 3, processes=2, devices=4,
+                 extra=("--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.expert=2",
+                        "--config.data.batch_size=4"))
+    assert "step 3: held-out loss" in out and "diffusion sample:" in out, out[-2000:]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(os.path.join(tmp_path / "sharded", "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Tensors("sample/text_summary")] == [3]   # the in-loop sample was written
 
 
 def test_environment_is_read_and_checked(monkeypatch):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxdiff.model import build_model, place
+from jaxdiff.model import ModelOptions, build_model, place
 from jaxdiff.model.lora import HEADS, LoRASpec, add_length_head, add_lora
 from jaxdiff.model.mask_token import add_mask_token
 from jaxdiff.parallel import make_mesh, use_mesh
@@ -18,8 +18,8 @@ from tests.model import tiny
 EXPERT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", r"experts\.(gate|up|down)_proj")
 
 
-def _model(seed=0, targets=EXPERT_TARGETS, **cfg_kw):
-    m = build_model(tiny.moe(**cfg_kw), seed=seed)
+def _model(seed=0, targets=EXPERT_TARGETS, options=ModelOptions(), **cfg_kw):
+    m = build_model(tiny.moe(**cfg_kw), seed=seed, options=options)
     add_mask_token(m, mask_token_id=255)
     for h in HEADS:
         add_lora(m, h, LoRASpec(rank=4, alpha=8, targets=targets), seed=seed + 1)
@@ -139,9 +139,8 @@ def test_non_finite_step_is_skipped():
 
 @pytest.mark.parametrize("remat", [False, True])
 def test_full_training_overfits_a_small_batch(remat):
-    m = build_model(tiny.dense(num_hidden_layers=2, hidden_size=64), seed=0)
+    m = build_model(tiny.dense(num_hidden_layers=2, hidden_size=64), seed=0, options=ModelOptions(remat=remat))
     add_mask_token(m, mask_token_id=255)
-    m.remat = remat
     g, frozen, trainable = st.split(m, full_training=True)
     opt = build_optimizer(OptimConfig(lr=3e-3, warmup_steps=20, total_steps=300, clip_norm=1.0), trainable)
     obj = ObjectiveConfig(antithetic=True)
@@ -188,11 +187,10 @@ def test_step_on_a_frozen_fp8_base_with_bf16_activations():
 def test_lora_step_with_remat_on_a_frozen_base(policy):
     """Remat over layers whose base variables are frozen (traced by the jit, not the grad): the
     30B config's setting. nnx.remat used to refuse it ("different trace level")."""
-    m = build_model(tiny.dense(num_hidden_layers=2, hidden_size=64), seed=0)
+    options = ModelOptions(remat=True, remat_policy=policy or "full")
+    m = build_model(tiny.dense(num_hidden_layers=2, hidden_size=64), seed=0, options=options)
     add_mask_token(m, mask_token_id=255)
     add_lora(m, "diffusion", LoRASpec(rank=4))
-    m.remat = True
-    m.remat_policy = jax.checkpoint_policies.dots_saveable if policy else None
     g, frozen, trainable = st.split(m)
     opt = build_optimizer(OptimConfig(lr=1e-2, warmup_steps=0), trainable)
     step = jit_train_step(make_train_step(g, opt, ObjectiveConfig()))

@@ -13,10 +13,11 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from configs import base, qwen3_coder_30b_a3b
+from configs import qwen3_coder_30b_a3b
+from jaxdiff.config import defaults as base
 from jaxdiff.model import KVCache
 from jaxdiff.parallel import make_mesh, replicated_report
-from jaxdiff.parallel import plan as plan_lib
+from jaxdiff.train import plan as plan_lib
 from jaxdiff.train import config as cfg_lib
 from jaxdiff.train import state as st
 from jaxdiff.train.optim import build_optimizer

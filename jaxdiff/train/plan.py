@@ -2,16 +2,17 @@
 their gradients and optimizer state, the activations of one train step, and the KV cache and
 working set of sampling, against a device's memory.
 
-Exact parts: the model is built abstractly (`nnx.eval_shape`: no memory) the way the trainer
-builds it (mask token, LoRA heads, length head), split the way the trainer splits it, and the
+Exact parts: the model is built abstractly (`nnx.eval_shape`: no memory) by the builder the
+trainer uses (mask token, LoRA heads, length head), split the way the trainer splits it, and the
 optimizer state is `jax.eval_shape` of the trainer's optimizer init. Each leaf's bytes on one
 device are its shard shape under the NamedSharding the trainer would give it, taken on an
 `AbstractMesh`, so a 64-device plan runs on a laptop. The KV cache is exact for its layout.
 
 Estimated parts: activations (see `activation_estimate`) follow the model shape, the remat policy
 and the batch sharding; tests hold them within a stated factor of XLA's own number for small
-configs. They assume tokens stay sharded over the batch axes inside MoE layers (expert-parallel
-dispatch); the GSPMD path the trainer uses today does not guarantee that.
+configs. They assume tokens stay sharded over the batch axes inside MoE layers, as the all-to-all
+dispatch keeps them (`model.moe_dispatch` auto / all_to_all with mesh.expert > 1); the buffers of
+that dispatch are not modelled.
 """
 from __future__ import annotations
 
@@ -25,12 +26,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as P
 
+from jaxdiff import builder
+from jaxdiff.config import schema
 from jaxdiff.model import Qwen3
 from jaxdiff.model.config import ModelConfig
-from jaxdiff.model.lora import HEADS, add_length_head, add_lora
-from jaxdiff.model.mask_token import add_mask_token
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel.mesh import logical_to_spec
+from jaxdiff.train import config as cfg_lib
+from jaxdiff.train import state as st
+from jaxdiff.train.optim import build_optimizer
+from jaxdiff.train.step import step_shardings
 
 REMAT = ("full", "none", "dots")
 # Modules the Qwen3 FP8 releases keep in bf16 (their `modules_to_not_convert`), for `fp8=True` on
@@ -158,9 +163,8 @@ def model_config(c, hf_config: Mapping | None = None, fp8: bool | None = None) -
     elif hf_config is not None:
         source = ModelConfig.from_hf(dict(hf_config), source="reference_hf_config()")
     if source is None:
-        from configs.base import model_config as from_init
-        vocab = -(-int(c.tokenizer.vocab_size) // 64) * 64
-        mcfg = from_init(c.model.init, vocab, None, None)
+        mcfg = builder.model_config_from_init(c.model.init, builder.scratch_vocab(int(c.tokenizer.vocab_size)),
+                                              None, None)
         dtype = jnp.dtype(c.model.dtype or "float32")
         if fp8:
             mcfg = mcfg.replace(fp8_block_size=FP8_BLOCK, fp8_skip_modules=FP8_SKIP)
@@ -186,41 +190,22 @@ def json_dtype(cfg: ModelConfig) -> jnp.dtype:
     return jnp.dtype(d.get("torch_dtype") or d.get("dtype") or "bfloat16")
 
 
-def active_heads(c) -> dict[str, bool]:
-    """Which forward passes a train step runs (a zero objective weight skips the head), as in
-    `train.loop._model` and `train.step.loss_fn`."""
-    o = c.objective
-    return {"diffusion": bool(o.diffusion_weight), "ar": bool(o.ar_weight or o.ar_only_steps),
-            "length": bool(o.length_weight)}
+active_heads = schema.active_heads   # which forward passes a train step runs
 
 
 def build_train_model(c, mcfg: ModelConfig, dtype, remat: str | None = None) -> Qwen3:
-    """The model `train.loop` builds for `c` (mask token, the LoRA heads its objective uses, the
-    length head), randomly initialised; `remat` (one of REMAT) sets activation checkpointing."""
-    from jaxdiff.train import config as cfg_lib
-
-    heads = active_heads(c)
-    m = Qwen3(mcfg, dtype=dtype, rngs=nnx.Rngs(params=0))
+    """The abstract model the trainer builds for `c` (the builder's), with `remat` (one of REMAT;
+    None: the config's) setting activation checkpointing."""
+    options = builder.model_options(c)
     if remat is not None:
-        m.remat = remat != "none"
-        m.remat_policy = jax.checkpoint_policies.dots_saveable if remat == "dots" else None
-    add_mask_token(m, mask_token_id=mcfg.vocab_size - 1, trainable=c.mask_token.trainable)
-    if not c.lora.full_training:
-        for h in HEADS:
-            if heads[h]:
-                add_lora(m, h, cfg_lib.lora_spec(c, h))
-    if c.objective.length_weight:
-        add_length_head(m, cfg_lib.length_edges(c), hidden=c.length_head.hidden)
-    return m
+        options = options.replace(remat=remat != "none", remat_policy="dots" if remat == "dots" else "full")
+    return builder.abstract_model_from_config(c, mcfg, dtype, options=options)
 
 
 def abstract_train_state(c, mcfg: ModelConfig, dtype, remat: str | None = None):
     """(graphdef, frozen, trainable) of `build_train_model` with ShapeDtypeStruct leaves, split
     the way the trainer splits it."""
-    from jaxdiff.train import state as st
-
-    return st.split(nnx.eval_shape(lambda: build_train_model(c, mcfg, dtype, remat)),
-                    full_training=c.lora.full_training)
+    return st.split(build_train_model(c, mcfg, dtype, remat), full_training=c.lora.full_training)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -425,10 +410,6 @@ def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: in
     come from the config: batch = data.batch_size, seq = data.seq_len, remat = model.remat
     ("full" or "none"), gen_length = sample.gen_length, sample_batch = batch, prompt_length =
     seq - gen_length (prompt + generation as long as a training sequence)."""
-    from jaxdiff.train import config as cfg_lib
-    from jaxdiff.train.optim import build_optimizer
-    from jaxdiff.train.step import step_shardings
-
     batch = int(batch or c.data.batch_size)
     seq = int(seq or c.data.seq_len)
     remat = remat or ("full" if c.model.remat else "none")

@@ -1,7 +1,6 @@
-"""Defaults shared by every training config; each field is documented in docs/configs.md."""
+"""Defaults shared by every training config; each field is documented in docs/configs.md.
+`configs/*.py` start from `get_config()` and override what they change."""
 import ml_collections
-
-from jaxdiff.model.config import ModelConfig
 
 
 def model_init(**kw) -> ml_collections.ConfigDict:
@@ -61,11 +60,3 @@ def get_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict(dict(prompt="def main():\n", gen_length=64, block_length=32, steps=64,
                                               policy="low_confidence", temperature=0.0))
     return c
-
-
-def model_config(init: ml_collections.ConfigDict, vocab_size: int, eos: int | None, pad: int | None) -> ModelConfig:
-    from jaxdiff.model.config import RopeConfig
-
-    d = dict(init)
-    theta = d.pop("rope_theta")
-    return ModelConfig(vocab_size=vocab_size, rope=RopeConfig(theta=theta), eos_token_id=eos, pad_token_id=pad, **d)

@@ -1,0 +1,62 @@
+"""How a model computes, as opposed to what (ModelConfig): fixed when the model is built.
+
+Every choice that used to be an attribute set after construction, or read from an ambient mesh,
+is a field here, so a model's behaviour is visible in one frozen (hashable) value that becomes
+part of its graph definition."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+
+from jaxdiff.config.schema import ATTENTION_IMPLS, MOE_DISPATCH, REMAT_POLICIES
+
+# MOE_DISPATCH: "auto": all_to_all when `mesh` has expert > 1 and the tokens divide over its batch
+#   axes, else grouped on this device; "gspmd": grouped, experts sharded by GSPMD's own choices;
+#   "all_to_all": expert parallelism by all-to-all in shard_map (model/expert_parallel.py).
+GROUPED_IMPLS = ("ragged", "tiled")
+
+
+def default_grouped_impl() -> str:
+    """XLA:CPU lowers ragged_dot to a dense masked product over all experts, so CPU uses tiles."""
+    return "tiled" if jax.default_backend() == "cpu" else "ragged"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+    """attention_impl: reference | chunked | fused (attention.py); attention_chunk: query rows per
+    chunk; remat: activation checkpointing per decoder layer, remat_policy full (recompute all) |
+    dots (keep matmul outputs); moe_dispatch: see MOE_DISPATCH; moe_capacity_factor: all_to_all
+    slots per expert = cf * tokens * k / E (None = dropless); moe_grouped_impl: ragged | tiled
+    (None = the backend's default); mesh: the device mesh expert parallelism dispatches over."""
+
+    attention_impl: str = "chunked"
+    attention_chunk: int = 512
+    remat: bool = False
+    remat_policy: str = "full"
+    moe_dispatch: str = "auto"
+    moe_capacity_factor: float | None = None
+    moe_grouped_impl: str | None = None
+    mesh: jax.sharding.Mesh | None = None
+
+    def __post_init__(self):
+        for name, allowed in (("attention_impl", ATTENTION_IMPLS), ("remat_policy", REMAT_POLICIES),
+                              ("moe_dispatch", MOE_DISPATCH)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"ModelOptions.{name}={getattr(self, name)!r}; choose from {allowed}")
+        if self.moe_grouped_impl not in (None, *GROUPED_IMPLS):
+            raise ValueError(f"ModelOptions.moe_grouped_impl={self.moe_grouped_impl!r}; choose from {GROUPED_IMPLS}")
+        if self.moe_dispatch == "all_to_all" and (self.mesh is None or self.mesh.shape["expert"] <= 1):
+            raise ValueError("ModelOptions.moe_dispatch='all_to_all' needs a mesh with expert > 1")
+
+    @property
+    def grouped_impl(self) -> str:
+        return self.moe_grouped_impl or default_grouped_impl()
+
+    @property
+    def checkpoint_policy(self):
+        return jax.checkpoint_policies.dots_saveable if self.remat_policy == "dots" else None
+
+    def replace(self, **kw) -> "ModelOptions":
+        return dataclasses.replace(self, **kw)
