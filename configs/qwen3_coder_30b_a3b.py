@@ -14,16 +14,11 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def reference_hf_config() -> dict:
-    """The published config.json (the architecture, for shape checks without weights)."""
-    return {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "vocab_size": 151936,
-            "hidden_size": 2048, "intermediate_size": 6144, "moe_intermediate_size": 768, "num_hidden_layers": 48,
-            "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 128,
-            "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
-            "rms_norm_eps": 1e-6, "rope_theta": 10000000.0, "max_position_embeddings": 262144,
-            "tie_word_embeddings": False, "hidden_act": "silu", "router_aux_loss_coef": 0.001,
-            "torch_dtype": "bfloat16", "eos_token_id": 151645, "pad_token_id": 151643,
-            "quantization_config": {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                    "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head", "mlp.gate"]}}
+    """The FP8 release's config.json (the architecture, for shape checks without weights): the
+    Instruct release's published file plus the FP8 quantization_config, as `jaxdiff.config.published`
+    records it."""
+    from jaxdiff.config.published import published_config
+    return published_config("Qwen3-Coder-30B-A3B-Instruct-FP8")
 
 
 def get_config(arg=None):

@@ -22,7 +22,7 @@ _METADATA_FIELDS = frozenset({
     "use_cache", "bos_token_id", "eos_token_id", "pad_token_id", "output_router_logits",
     "output_hidden_states", "output_attentions", "return_dict", "id2label", "label2id", "_name_or_path",
     "problem_type", "chunk_size_feed_forward", "is_encoder_decoder", "tokenizer_class",
-    "router_aux_loss_coef", "max_window_layers", "torchscript", "use_return_dict", "tf_legacy_loss",
+    "router_aux_loss_coef", "torchscript", "use_return_dict", "tf_legacy_loss",
     "pruned_heads", "add_cross_attention", "task_specific_params", "finetuning_task",
     "prefix", "sep_token_id", "decoder_start_token_id", "use_bfloat16", "tie_encoder_decoder",
     "is_decoder", "cross_attention_hidden_size", "_attn_implementation_autoset",
@@ -32,12 +32,26 @@ _MODEL_FIELDS = frozenset({
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
     "tie_word_embeddings", "rope_theta", "rope_scaling", "rope_parameters", "attention_bias",
-    "attention_dropout", "use_sliding_window", "sliding_window", "layer_types",
+    "attention_dropout", "use_sliding_window", "layer_types",
     "decoder_sparse_step", "moe_intermediate_size", "num_experts_per_tok", "num_experts",
     "num_local_experts", "norm_topk_prob", "mlp_only_layers", "quantization_config",
     # jaxdiff's own additions, written back into config.json of converted checkpoints.
     "jaxdiff_mask_token_id",
 })
+# Read by transformers only when use_sliding_window is true (Qwen3Config: layers from
+# max_window_layers on use a `sliding_window`-wide window; Qwen3MoeConfig sets sliding_window to
+# None unless use_sliding_window), which is refused, so any value here computes the same model.
+_SLIDING_WINDOW_FIELDS = frozenset({"sliding_window", "max_window_layers"})
+# Fields that state a property of the Qwen3 architecture: Qwen's own training configs write them
+# (the published Qwen3-Coder config.json carries all three) and transformers' Qwen3 classes do not
+# read them, because the property is fixed: q/k/v projections without bias, RMSNorm on queries and
+# keys, no shared expert. Accepted with that value (or null); any other value asks for a model
+# neither jaxdiff nor transformers builds, so it is refused by name.
+_IMPLIED_FIELDS = {
+    "qkv_bias": (False, "biases on the q/k/v projections (Qwen3 has none)"),
+    "use_qk_norm": (True, "attention without RMSNorm on queries and keys (Qwen3 always has it)"),
+    "shared_expert_intermediate_size": (0, "a shared expert (Qwen3-MoE has none)"),
+}
 SUPPORTED_ROPE_TYPES = ("default", "linear", "yarn")
 _ROPE_KEYS = frozenset({"rope_type", "type", "rope_theta", "factor", "original_max_position_embeddings",
                         "beta_fast", "beta_slow", "attention_factor", "truncate", "mscale", "mscale_all_dim"})
@@ -208,9 +222,13 @@ def _parse_hf(hf: dict, where: str) -> ModelConfig:
     if archs != [ARCHITECTURES[model_type]]:
         raise ConfigError(f"{where}: architectures={archs!r} is not supported for model_type "
                           f"{model_type!r} (expected ['{ARCHITECTURES[model_type]}'])")
-    unknown = sorted(set(hf) - _METADATA_FIELDS - _MODEL_FIELDS)
+    unknown = sorted(set(hf) - _METADATA_FIELDS - _MODEL_FIELDS - _SLIDING_WINDOW_FIELDS - set(_IMPLIED_FIELDS))
     if unknown:
         raise ConfigError(f"{where}: unsupported config field(s) {unknown}")
+    for key, (implied, asks_for) in _IMPLIED_FIELDS.items():
+        if hf.get(key) is not None and hf[key] != implied:
+            raise ConfigError(f"{where}: {key}={json.dumps(hf[key])} is not supported: it asks for {asks_for}, "
+                              f"which jaxdiff does not implement (supported: {key}={json.dumps(implied)} or null)")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ConfigError(f"{where}: hidden_act={act!r} is not supported (only 'silu')")
@@ -220,9 +238,6 @@ def _parse_hf(hf: dict, where: str) -> ModelConfig:
         raise ConfigError(f"{where}: attention_dropout={hf['attention_dropout']} is not supported (only 0)")
     if hf.get("use_sliding_window"):
         raise ConfigError(f"{where}: use_sliding_window=true is not supported")
-    layer_types = hf.get("layer_types")
-    if layer_types and any(t != "full_attention" for t in layer_types):
-        raise ConfigError(f"{where}: layer_types other than 'full_attention' are not supported")
     n_heads = int(_need(hf, "num_attention_heads", where))
     hidden = int(_need(hf, "hidden_size", where))
     head_dim = int(hf.get("head_dim") or hidden // n_heads)
@@ -230,6 +245,13 @@ def _parse_hf(hf: dict, where: str) -> ModelConfig:
     if n_heads % kv:
         raise ConfigError(f"{where}: num_attention_heads={n_heads} is not a multiple of num_key_value_heads={kv}")
     n_layers = int(_need(hf, "num_hidden_layers", where))
+    layer_types = hf.get("layer_types")
+    if layer_types is not None:
+        if len(layer_types) != n_layers:
+            raise ConfigError(f"{where}: layer_types has {len(layer_types)} entries for num_hidden_layers={n_layers}")
+        if any(t != "full_attention" for t in layer_types):
+            raise ConfigError(f"{where}: layer_types other than 'full_attention' are not supported "
+                              f"(got {sorted(set(layer_types) - {'full_attention'})})")
     fp8_block, fp8_skip = _parse_fp8(hf.get("quantization_config"), where)
     moe = {}
     if model_type == "qwen3_moe":
