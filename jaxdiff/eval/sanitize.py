@@ -71,11 +71,11 @@ def extract_code(text: str, entry_point: str = "", notes: list | None = None) ->
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         blocks.append((marks[i].group(1).lower(), text[start:end] if start <= end else ""))
         i += 2
-    first_fence_line = text[:marks[0].start()]
-    if marks[0].group(1) == "" and len(marks) % 2 == 1 and _looks_like_code(first_fence_line):
-        # one bare fence after code: the model continued the prompt and closed a block it never opened
+    before = text[:marks[0].start()]
+    if marks[0].group(1) == "" and len(marks) % 2 == 1 and _looks_like_code(before):
+        # a bare fence after code: the model continued the prompt and closed a block it never opened
         notes.append(f"cut a closing ``` fence and the {len(text) - marks[0].start()} characters after it")
-        return first_fence_line
+        return before
     pattern = re.compile(rf"^\s*(async\s+)?def\s+{re.escape(entry_point)}\s*\(", re.M) if entry_point else None
     chosen = None
     if pattern is not None:
@@ -137,9 +137,11 @@ def _trim(prompt: str, program: str, entry: str, notes: list) -> tuple[str, bool
     def first_line(node):
         return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
 
-    ours = [n for n in tree.body if first_line(n) > prompt_lines]
-    theirs = [n for n in tree.body if first_line(n) <= prompt_lines]
-    needed = {entry} | set().union(*(_refs(n) for n in theirs)) if theirs else {entry}
+    ours = [n for n in tree.body if first_line(n) > prompt_lines]      # the model's statements
+    needed = {entry}                                                     # and what the prompt's use
+    for n in tree.body:
+        if first_line(n) <= prompt_lines:
+            needed |= _refs(n)
     keep = {id(n) for n in ours if _is_import(n)}
     changed = True
     while changed:
