@@ -17,9 +17,10 @@ Python, in order:
     imports and the definitions (functions, classes, assignments) that the entry point and the
     prompt reference, transitively; cut the rest (tests, prints, `if __name__ == ...`, unrelated
     functions) and the comments between them.
- 4. Unparsable text never raises: trailing lines are dropped until the program parses (a
-    generation cut off mid-statement); if nothing after the prompt parses, the untrimmed program is
-    returned with the SyntaxError in the notes.
+ 4. Unparsable text never raises: lines of prose at column 0 where the parser stops are dropped
+    one by one ("Here is the code:", an explanation between functions); then trailing lines are
+    dropped until the program parses (a generation cut off mid-statement); if nothing after the
+    prompt parses, the untrimmed program is returned with the SyntaxError in the notes.
 
 Bend: steps 1 and 2 by text (no parser here): after the fence, text that repeats the prompt's
 `def` line continues after it; a `def main` the model wrote is cut (the task appends its own).
@@ -114,6 +115,7 @@ def _python(code: str, prompt: str, entry: str, notes: list) -> Sanitized:
 def _trim(prompt: str, program: str, entry: str, notes: list) -> tuple[str, bool]:
     lines = program.split("\n")
     prompt_lines = prompt.count("\n") + (0 if prompt.endswith("\n") else 1)
+    lines = _drop_prose(lines, prompt_lines, notes)
     tree, cut_from, err = None, len(lines), None
     for cut in range(len(lines), max(prompt_lines, 0) - 1, -1):
         try:
@@ -172,6 +174,32 @@ def _trim(prompt: str, program: str, entry: str, notes: list) -> tuple[str, bool
     if not prompt.endswith("\n"):
         return head + ("\n" + body if body else "") + "\n", True
     return head + (body.rstrip() + "\n" if body.strip() else ""), True
+
+
+_STATEMENT = re.compile(r"(def|async|class|import|from|if|elif|else|for|while|with|try|except|finally|return|"
+                        r"raise|assert|del|global|nonlocal|pass|break|continue|lambda|yield|match|case)\b|@")
+
+
+def _drop_prose(lines: list, prompt_lines: int, notes: list, limit: int = 50) -> list:
+    """Drop lines of prose at column 0 in the model's text ("Here is the code:", "This works
+    because ...") where the parser stops on them, one at a time, so code after them survives."""
+    lines, dropped = list(lines), 0
+    for _ in range(limit):
+        try:
+            ast.parse("\n".join(lines))
+            break
+        except (SyntaxError, ValueError) as e:
+            n = getattr(e, "lineno", None)
+            if not n or n <= prompt_lines or n > len(lines):
+                break
+            line = lines[n - 1]
+            if not line.strip() or line[0].isspace() or _STATEMENT.match(line):
+                break  # indented or a statement: broken code, not prose (the tail cut handles it)
+            del lines[n - 1]
+            dropped += 1
+    if dropped:
+        notes.append(f"dropped {dropped} line(s) of prose")
+    return lines
 
 
 def _is_import(node) -> bool:

@@ -89,7 +89,16 @@ def test_the_prompt_is_never_trimmed():
 def test_junk_after_the_function_is_cut():
     s = sanitize("    return sum(xs)\n\nThis function returns the sum of the list.\n\nExample: total([1])", PROMPT, "total")
     assert s.program == PROMPT + "    return sum(xs)\n"
-    assert "unparsable trailing line" in s.notes[0] and s.parsed
+    assert s.notes[0] == "dropped 1 line(s) of prose" and s.parsed  # and the annotated "Example" is cut
+
+
+def test_prose_around_and_between_functions_is_dropped():
+    text = ("Here is the solution:\ndef total(xs):\n    return helper(xs)\n\nNow the helper, which sums:\n"
+            "def helper(xs):\n    return sum(xs)\n\nIt's O(n).\n")
+    s = sanitize(text, PROMPT, "total")
+    assert s.notes[0] == "the text defines total itself: appended after the prompt as a whole program"
+    assert s.notes[1] == "dropped 3 line(s) of prose"
+    assert "def helper" in s.program and "Here is" not in s.program and run(s.program, [1, 2]) == 3
 
 
 def test_a_generation_cut_off_mid_statement_keeps_what_parses():
