@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from jaxdiff.eval import SUITES, TaskFormatError, TaskSource, load_suite, sft_conversations, sft_pairs, suite_source
+from jaxdiff.eval import SUITES, TaskFormatError, load_suite, sft_conversations, sft_pairs, suite_source
 from jaxdiff.eval.humaneval import from_hub, humaneval, read_jsonl, write_problems
 from jaxdiff.eval.tasks import Task
 
