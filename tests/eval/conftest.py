@@ -11,7 +11,7 @@ needs_bend = pytest.mark.skipif(shutil.which("bend") is None,
                                 reason="bend not on PATH: cargo install hvm@2.0.22 bend-lang@0.2.38")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # closed before tests/verify opens its own (a process holds at most 4 pools)
 def pool():
     with verdicts.make_pool(workers=2, timeout_s=verdicts.DEFAULT_TIMEOUT_S, memory_mb=1024) as p:
         yield p
