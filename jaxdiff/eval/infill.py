@@ -75,9 +75,9 @@ def _build(kind, seed, problems, with_mutants) -> list[Task]:
             tid = f"{p.id}/{kind}/{a}-{b}"
             prefix, suffix = p.prompt + "".join(lines[:a]), "".join(lines[b:])
             mutants = tuple(Mutant(_kind_of(e), apply_edit(span, e)) for e in stored.get(tid, ()))
-            out.append(Task(id=tid, prompt=prefix, suffix=suffix, language="python", entry_point=p.entry_point,
-                            tests=p.tests, reference=span, suite=f"humaneval-infill-{kind}", family=p.id,
-                            mutants=mutants,
+            out.append(Task(id=tid, prompt=prefix, suffix=suffix, infill=True, language="python",
+                            entry_point=p.entry_point, tests=p.tests, reference=span,
+                            suite=f"humaneval-infill-{kind}", family=p.id, mutants=mutants,
                             meta={"span_chars": len(span), "span_lines": b - a, "span_start_line": a}))
     return out
 

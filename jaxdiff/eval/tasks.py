@@ -47,6 +47,8 @@ class Task:
     reference: a completion that passes (HumanEval's canonical solution, the infilled span, the
       synthetic template's body), or None when no solution is known.
     suffix: infilling: the code after the span (given to the model; part of the program).
+    infill: an infilling task (the completion goes between prompt and suffix; the suffix may be
+      empty when the span is the last line).
     suite, split, family, tier: where the task comes from (family: the template or source problem).
     visible_examples: (call, expected value) pairs shown in the prompt (synthetic family).
     mutants: wrong completions the tests reject (synthetic family, infilling).
@@ -61,6 +63,7 @@ class Task:
     expected_result: str | None = None
     reference: str | None = None
     suffix: str = ""
+    infill: bool = False
     suite: str = ""
     split: str = "test"
     family: str = ""

@@ -68,7 +68,11 @@ def _bif(cond: str, yes: str, no: str) -> str:
     return f"if {cond}:\n  return {yes}\nelse:\n  return {no}"
 
 
-CONS = "List/Cons({h}, xs.tail)"
+def _map(head: str, nil: str = "List/Nil") -> str:
+    """A Bend fold that rebuilds xs with `head` in place of each item (and `nil` at the end)."""
+    return _fold(f"return List/Cons({head}, xs.tail)", nil)
+
+
 KEEP = "List/Cons(xs.head, xs.tail)"
 
 TEMPLATES: tuple[Template, ...] = (
@@ -189,38 +193,48 @@ TEMPLATES: tuple[Template, ...] = (
     # -- lists --------------------------------------------------------------------------------
     Template("add_each", "lists", "add_{a}_to_each", "xs", "Return a list with {a} added to each item of xs.",
              "return [v + {a} for v in xs]", (
-        ("off_by_one", "return [v + {a} + 1 for v in xs]", _fold("return " + CONS.format(h="xs.head + {a} + 1"), "List/Nil")),
-        ("wrong_operator", "return [v * {a} for v in xs]", _fold("return " + CONS.format(h="xs.head * {a}"), "List/Nil")),
-        ("extra_item", "return [v + {a} for v in xs] + [{a}]", _fold("return " + CONS.format(h="xs.head + {a}"), "[{a}]")),
-        ("wrong_operator", "return [v - {a} for v in xs]", _fold("return " + CONS.format(h="xs.head - {a}"), "List/Nil")),
-    ), grid(a=range(1, 121)), "list", bend=_fold("return " + CONS.format(h="xs.head + {a}"), "List/Nil")),
+        ("off_by_one", "return [v + {a} + 1 for v in xs]", _map("xs.head + {a} + 1")),
+        ("wrong_operator", "return [v * {a} for v in xs]", _map("xs.head * {a}")),
+        ("extra_item", "return [v + {a} for v in xs] + [{a}]", _map("xs.head + {a}", "[{a}]")),
+        ("wrong_operator", "return [v - {a} for v in xs]", _map("xs.head - {a}")),
+    ), grid(a=range(1, 121)), "list", bend=_map("xs.head + {a}")),
     Template("scale_each", "lists", "scale_each_{a}", "xs", "Return a list with each item of xs multiplied by {a}.",
              "return [v * {a} for v in xs]", (
-        ("off_by_one", "return [v * ({a} + 1) for v in xs]", _fold("return " + CONS.format(h="xs.head * ({a} + 1)"), "List/Nil")),
-        ("wrong_operator", "return [v + {a} for v in xs]", _fold("return " + CONS.format(h="xs.head + {a}"), "List/Nil")),
-        ("off_by_one", "return [v * {a} + 1 for v in xs]", _fold("return " + CONS.format(h="xs.head * {a} + 1"), "List/Nil")),
-        ("extra_item", "return [v * {a} for v in xs] + [{a}]", _fold("return " + CONS.format(h="xs.head * {a}"), "[{a}]")),
-    ), grid(a=range(2, 51)), "list", bend=_fold("return " + CONS.format(h="xs.head * {a}"), "List/Nil")),
+        ("off_by_one", "return [v * ({a} + 1) for v in xs]", _map("xs.head * ({a} + 1)")),
+        ("wrong_operator", "return [v + {a} for v in xs]", _map("xs.head + {a}")),
+        ("off_by_one", "return [v * {a} + 1 for v in xs]", _map("xs.head * {a} + 1")),
+        ("extra_item", "return [v * {a} for v in xs] + [{a}]", _map("xs.head * {a}", "[{a}]")),
+    ), grid(a=range(2, 51)), "list", bend=_map("xs.head * {a}")),
     Template("keep_above", "lists", "keep_above_{a}", "xs", "Return the items of xs that are greater than {a}.",
              "return [v for v in xs if v > {a}]", (
-        ("off_by_one", "return [v for v in xs if v >= {a}]", _fold(_bif("xs.head >= {a}", KEEP, "xs.tail"), "List/Nil")),
-        ("wrong_operator", "return [v for v in xs if v < {a}]", _fold(_bif("xs.head < {a}", KEEP, "xs.tail"), "List/Nil")),
-        ("swapped_branch", "return [v for v in xs if v <= {a}]", _fold(_bif("xs.head > {a}", "xs.tail", KEEP), "List/Nil")),
-        ("off_by_one", "return [v for v in xs if v > {a} + 1]", _fold(_bif("xs.head > {a} + 1", KEEP, "xs.tail"), "List/Nil")),
+        ("off_by_one", "return [v for v in xs if v >= {a}]",
+         _fold(_bif("xs.head >= {a}", KEEP, "xs.tail"), "List/Nil")),
+        ("wrong_operator", "return [v for v in xs if v < {a}]",
+         _fold(_bif("xs.head < {a}", KEEP, "xs.tail"), "List/Nil")),
+        ("swapped_branch", "return [v for v in xs if v <= {a}]",
+         _fold(_bif("xs.head > {a}", "xs.tail", KEEP), "List/Nil")),
+        ("off_by_one", "return [v for v in xs if v > {a} + 1]",
+         _fold(_bif("xs.head > {a} + 1", KEEP, "xs.tail"), "List/Nil")),
     ), grid(a=range(0, 41)), "list", bend=_fold(_bif("xs.head > {a}", KEEP, "xs.tail"), "List/Nil")),
     Template("count_above", "lists", "count_above_{a}", "xs", "Return how many items of xs are greater than {a}.",
              "return len([v for v in xs if v > {a}])", (
-        ("off_by_one", "return len([v for v in xs if v >= {a}])", _fold(_bif("xs.head >= {a}", "1 + xs.tail", "xs.tail"), "0")),
-        ("swapped_branch", "return len([v for v in xs if v <= {a}])", _fold(_bif("xs.head > {a}", "xs.tail", "1 + xs.tail"), "0")),
-        ("off_by_one", "return len([v for v in xs if v > {a}]) + 1", _fold(_bif("xs.head > {a}", "1 + xs.tail", "xs.tail"), "1")),
-        ("wrong_operator", "return len([v for v in xs if v < {a}])", _fold(_bif("xs.head < {a}", "1 + xs.tail", "xs.tail"), "0")),
+        ("off_by_one", "return len([v for v in xs if v >= {a}])",
+         _fold(_bif("xs.head >= {a}", "1 + xs.tail", "xs.tail"), "0")),
+        ("swapped_branch", "return len([v for v in xs if v <= {a}])",
+         _fold(_bif("xs.head > {a}", "xs.tail", "1 + xs.tail"), "0")),
+        ("off_by_one", "return len([v for v in xs if v > {a}]) + 1",
+         _fold(_bif("xs.head > {a}", "1 + xs.tail", "xs.tail"), "1")),
+        ("wrong_operator", "return len([v for v in xs if v < {a}])",
+         _fold(_bif("xs.head < {a}", "1 + xs.tail", "xs.tail"), "0")),
     ), grid(a=range(0, 41)), "list", bend=_fold(_bif("xs.head > {a}", "1 + xs.tail", "xs.tail"), "0")),
     Template("count_equal", "lists", "count_{a}s", "xs", "Return how many items of xs are equal to {a}.",
              "return xs.count({a})", (
         ("off_by_one", "return xs.count({a}) + 1", _fold(_bif("xs.head == {a}", "1 + xs.tail", "xs.tail"), "1")),
         ("off_by_one", "return xs.count({a} + 1)", _fold(_bif("xs.head == {a} + 1", "1 + xs.tail", "xs.tail"), "0")),
-        ("swapped_branch", "return len(xs) - xs.count({a})", _fold(_bif("xs.head == {a}", "xs.tail", "1 + xs.tail"), "0")),
-        ("wrong_operator", "return len([v for v in xs if v >= {a}])", _fold(_bif("xs.head >= {a}", "1 + xs.tail", "xs.tail"), "0")),
+        ("swapped_branch", "return len(xs) - xs.count({a})",
+         _fold(_bif("xs.head == {a}", "xs.tail", "1 + xs.tail"), "0")),
+        ("wrong_operator", "return len([v for v in xs if v >= {a}])",
+         _fold(_bif("xs.head >= {a}", "1 + xs.tail", "xs.tail"), "0")),
     ), grid(a=range(0, 21)), "list", bend=_fold(_bif("xs.head == {a}", "1 + xs.tail", "xs.tail"), "0")),
     Template("sum_plus", "lists", "sum_plus_{a}", "xs", "Return the sum of xs plus {a}.",
              "return sum(xs) + {a}", (
@@ -229,12 +243,17 @@ TEMPLATES: tuple[Template, ...] = (
         ("missing_term", "return sum(xs)", _fold("return xs.head + xs.tail", "0")),
         ("wrong_operator", "return len(xs) + {a}", _fold("return 1 + xs.tail", "{a}")),
     ), grid(a=range(1, 121)), "list", bend=_fold("return xs.head + xs.tail", "{a}")),
-    Template("sum_above", "lists", "sum_above_{a}", "xs", "Return the sum of the items of xs that are greater than {a}.",
+    Template("sum_above", "lists", "sum_above_{a}", "xs",
+             "Return the sum of the items of xs that are greater than {a}.",
              "return sum(v for v in xs if v > {a})", (
-        ("off_by_one", "return sum(v for v in xs if v >= {a})", _fold(_bif("xs.head >= {a}", "xs.head + xs.tail", "xs.tail"), "0")),
-        ("swapped_branch", "return sum(v for v in xs if v <= {a})", _fold(_bif("xs.head > {a}", "xs.tail", "xs.head + xs.tail"), "0")),
-        ("wrong_operator", "return sum(v for v in xs if v < {a})", _fold(_bif("xs.head < {a}", "xs.head + xs.tail", "xs.tail"), "0")),
-        ("off_by_one", "return sum(v for v in xs if v > {a}) + 1", _fold(_bif("xs.head > {a}", "xs.head + xs.tail", "xs.tail"), "1")),
+        ("off_by_one", "return sum(v for v in xs if v >= {a})",
+         _fold(_bif("xs.head >= {a}", "xs.head + xs.tail", "xs.tail"), "0")),
+        ("swapped_branch", "return sum(v for v in xs if v <= {a})",
+         _fold(_bif("xs.head > {a}", "xs.tail", "xs.head + xs.tail"), "0")),
+        ("wrong_operator", "return sum(v for v in xs if v < {a})",
+         _fold(_bif("xs.head < {a}", "xs.head + xs.tail", "xs.tail"), "0")),
+        ("off_by_one", "return sum(v for v in xs if v > {a}) + 1",
+         _fold(_bif("xs.head > {a}", "xs.head + xs.tail", "xs.tail"), "1")),
     ), grid(a=range(1, 41)), "list", bend=_fold(_bif("xs.head > {a}", "xs.head + xs.tail", "xs.tail"), "0")),
     Template("max_plus", "lists", "max_plus_{a}", "xs", "Return the largest item of xs plus {a}.",
              "return max(xs) + {a}", (

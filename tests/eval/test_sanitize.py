@@ -87,7 +87,8 @@ def test_the_prompt_is_never_trimmed():
 
 
 def test_junk_after_the_function_is_cut():
-    s = sanitize("    return sum(xs)\n\nThis function returns the sum of the list.\n\nExample: total([1])", PROMPT, "total")
+    text = "    return sum(xs)\n\nThis function returns the sum of the list.\n\nExample: total([1])"
+    s = sanitize(text, PROMPT, "total")
     assert s.program == PROMPT + "    return sum(xs)\n"
     assert s.notes[0] == "dropped 1 line(s) of prose" and s.parsed  # and the annotated "Example" is cut
 

@@ -14,10 +14,19 @@ HE_ROW = {"task_id": "T/0", "prompt": "def inc(x):\n    \"\"\"x + 1\"\"\"\n", "e
           "canonical_solution": "    return x + 1\n", "test": "def check(candidate):\n    assert candidate(1) == 2\n"}
 MBPP_ROWS = [
     {"task_id": 11, "text": "Write a python function to remove first and last occurrence of a given character.",
-     "code": "def remove_Occ(s,ch): \r\n    for i in range(len(s)): \r\n        if (s[i] == ch): \r\n            s = s[0 : i] + s[i + 1:] \r\n            break\r\n    for i in range(len(s) - 1,-1,-1):  \r\n        if (s[i] == ch): \r\n            s = s[0 : i] + s[i + 1:] \r\n            break\r\n    return s ",
+     "code": ("def remove_Occ(s,ch): \r\n"
+              "    for i in range(len(s)): \r\n"
+              "        if (s[i] == ch): \r\n"
+              "            s = s[0 : i] + s[i + 1:] \r\n"
+              "            break\r\n"
+              "    for i in range(len(s) - 1,-1,-1):  \r\n"
+              "        if (s[i] == ch): \r\n"
+              "            s = s[0 : i] + s[i + 1:] \r\n"
+              "            break\r\n"
+              "    return s "),
      "test_list": ["assert remove_Occ(\"hello\",\"l\") == \"heo\"", "assert remove_Occ(\"abcda\",\"a\") == \"bcd\"",
                    "assert remove_Occ(\"PHP\",\"P\") == \"H\""], "test_setup_code": "", "challenge_test_list": []},
-    {"task_id": 12, "text": "Write a function to double a number using a helper constant.",
+    {"task_id": 12, "text": "Write a function to double a number using a helper function.",
      "code": "def helper():\n    return 2\n\ndef double(x):\n    return x * helper()",
      "test_list": ["assert double(3) == 6", "assert double(0) == math.floor(0.5)"], "test_setup_code": "import math",
      "challenge_test_list": []},

