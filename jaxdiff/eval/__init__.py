@@ -16,9 +16,9 @@ infill, synthetic + templates, bend_tasks, sanitize, passk, verdicts.
 """
 
 from jaxdiff.eval.passk import pass_at_k
-from jaxdiff.eval.sanitize import Sanitized, sanitize
 from jaxdiff.eval.suites import SUITES, load_suite, suite_source
 from jaxdiff.eval.tasks import Mutant, Task, TaskFormatError, TaskSource, sft_conversations, sft_pairs
 
+# (the sanitiser is `jaxdiff.eval.sanitize.sanitize`; not re-exported, so the module keeps its name)
 __all__ = ["Task", "Mutant", "TaskSource", "TaskFormatError", "SUITES", "load_suite", "suite_source", "sft_pairs",
-           "sft_conversations", "sanitize", "Sanitized", "pass_at_k"]
+           "sft_conversations", "pass_at_k"]
