@@ -380,7 +380,7 @@ class MemoryPlan:
         lines += _table(self.sample_rows(), self.sample_total(), self.device_memory)
         rep = replicated_leaves(self.frozen + self.trainable)
         lines += ["", "weights, adapters, optimizer state and KV cache: exact, from abstract shapes and "
-                  "shardings; activations: an estimate (see jaxdiff/parallel/plan.py)."]
+                  "shardings; activations: an estimate (see jaxdiff/train/plan.py)."]
         if rep and self.devices > 1:
             lines.append(f"replicated leaves >= 1 MiB: {len(rep)}, {sum(x.device_bytes for x in rep) / GB:.2f} GB "
                          f"per device (largest: {rep[0].name} {rep[0].shape})")

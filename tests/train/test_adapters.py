@@ -78,12 +78,24 @@ def test_heads_train_on_a_frozen_base_evaluate_sample_and_resume(newcomer, kind,
         losses = _head_losses(out["history"], head)
         assert np.mean(losses[-3:]) < np.mean(losses[:3]), f"{head} loss did not fall: {losses}"
     assert {"ar/acc", "diffusion/masked_acc", "length/acc"} <= set(out["eval"])
-    # the frozen base after 12 steps: bit-identical to the converted checkpoint
-    base = flat_params(builder.load_base(newcomer[kind], dtype="float32"))
+    # the frozen base after 12 steps: bit-identical to the base as built before training (the
+    # converted checkpoint with the mask token's row set to the mean embedding)
+    fresh = builder.build_model_from_config(run.config, builder.tokenizer_for(run.config, str(workdir)))
+    base = flat_params(fresh)
     trained = {".".join(str(p) for p in path): np.asarray(v) for path, v in nnx.to_flat_state(run.frozen)}
     assert set(trained) == set(base)
     for k, v in base.items():
         np.testing.assert_array_equal(trained[k], np.asarray(v), err_msg=k)
+    converted = flat_params(builder.load_base(newcomer[kind], dtype="float32"))
+    mask = run.model.config.mask_token_id
+    for k, v in converted.items():   # and every weight but the mask row is the checkpoint's
+        want = np.asarray(v)
+        if k == "model.embed_tokens.weight":
+            want = np.delete(want, mask, axis=0)
+            got = np.delete(trained[k], mask, axis=0)
+        else:
+            got = trained[k]
+        np.testing.assert_array_equal(got, want, err_msg=k)
     # the in-loop samples were written (at the evaluations of steps 6 and 12)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(workdir / "tb"), size_guidance={"tensors": 0})
