@@ -20,6 +20,8 @@ _STAT = re.compile(r"^- (ITRS|TIME|MIPS): *([0-9.eE+-]+)s?\s*$")
 _ERROR_MARKERS = ("Errors:", "error:", "panicked at", "HVM output had no result", "PARSE_ERROR",
                   "was not found", "has no 'main' definition", "Unbound variable")
 INSTALL_HINT = "cargo install hvm@2.0.22 bend-lang@0.2.38"
+# Address space hvm 2.0.22 reserves up front (measured: `hvm run-c` needs 7.5 GB of RLIMIT_AS to start).
+HVM_ADDRESS_SPACE_MB = 8192
 
 
 def command(runtime: str, bend: str | None, hvm: str | None) -> list:

@@ -40,10 +40,13 @@ class Worker:
         self.limits = cfg["limits"]
         self.sandboxed = cfg["sandboxed"]
         self.uids = cfg.get("uids")  # [candidate uid, judge uid] or None
-        self.procs_files = cfg.get("procs_files", [])
         self.scratch = cfg["scratch"]  # private per job: made before it, deleted after it
-        self.oom_file = cfg.get("oom_file")
-        self.peak_file = cfg.get("peak_file")
+        self.oom_file, self.oom_keys = cfg.get("oom_file"), cfg.get("oom_keys", ())
+        self.usage_file = cfg.get("usage_file")
+        self.peak_fd = None  # memory.peak (v2) / memory.max_usage_in_bytes (v1), reset before each job
+        if cfg.get("peak_file"):
+            self.peak_fd = os.open(cfg["peak_file"], os.O_RDWR | os.O_CLOEXEC)
+            self.peak_reset = cfg["peak_reset"].encode()
         self.secret = bytearray(1 << 16)
         self.judge = None  # (pid, socket) of the warm judge
         self.judge_jobs = 0
@@ -56,10 +59,11 @@ class Worker:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-        # Join the jobs' cgroups once, here: moving every job process in would cost milliseconds
-        # per job (cgroup v1 migration); forked jobs inherit the group for free. The worker shields
-        # itself from the OOM killer (and jobs volunteer at 1000) so that a memory bomb is what gets killed.
-        for f in self.procs_files:
+        # cgroup v1: join the jobs' groups once, here: moving every job process in would cost
+        # milliseconds per job; forked jobs inherit the group for free. (cgroup v2: the sandbox was
+        # started inside the group.) The worker shields itself from the OOM killer (and jobs
+        # volunteer at 1000) so that a memory bomb is what gets killed.
+        for f in cfg.get("cgroup_join", ()):
             with open(f, "w") as fh:
                 fh.write(str(os.getpid()))
         try:  # some kernels refuse negative values (EIO on this project's VMs); jobs still go first at 1000
@@ -116,6 +120,7 @@ class Worker:
         os.lseek(in_fd, 0, os.SEEK_SET)
         oom_before = self._oom_kills()
         base_usage = self._usage()
+        self._reset_peak()
         t0 = time.perf_counter()
         deadline = t0 + self.limits["timeout_s"]
         if job["language"] == "python":
@@ -316,8 +321,11 @@ class Worker:
         else:
             # the judge lives across jobs, so a CPU-time limit would add up; the wall clock bounds it
             mem = max(mem, 2048 << 20)  # trusted test code: keep it from failing before the program
-        # HVM reserves its whole heap as address space up front: bound Bend jobs by the cgroup instead
-        if not (bend and self.procs_files and self.cfg.get("has_memory_cgroup")):
+        # HVM reserves its whole heap as address space up front: bound Bend jobs by the memory cgroup
+        # instead, and without one let the address space hold that reservation on top of memory_mb
+        if bend and not self.cfg.get("has_memory_cgroup"):
+            mem += bend_backend.HVM_ADDRESS_SPACE_MB << 20
+        if not (bend and self.cfg.get("has_memory_cgroup")):
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_FSIZE, ((lim["fsize_mb"] << 20),) * 2)
         resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
@@ -359,28 +367,36 @@ class Worker:
                 time.sleep(0.0002)
 
     def _oom_kills(self) -> int:
+        """OOM events of the memory cgroup so far (v1 oom_kill; v2 oom + oom_kill of memory.events)."""
         if not self.oom_file:
             return 0
+        total = 0
         with open(self.oom_file) as f:
             for line in f:
-                if line.startswith("oom_kill "):
-                    return int(line.split()[1])
-        return 0
+                key, _, value = line.partition(" ")
+                if key in self.oom_keys:
+                    total += int(value)
+        return total
 
     def _usage(self) -> int:
-        if not self.peak_file:
+        if not self.usage_file:
             return 0
-        with open(self.peak_file.replace("max_usage_in_bytes", "usage_in_bytes")) as f:
+        with open(self.usage_file) as f:
             return int(f.read())
 
+    def _reset_peak(self):
+        if self.peak_fd is None:
+            return
+        try:
+            os.pwrite(self.peak_fd, self.peak_reset, 0)
+        except OSError:  # memory.peak before Linux 6.12 cannot be reset: a peak of the group's life is no job's
+            os.close(self.peak_fd)
+            self.peak_fd = None
+
     def _peak(self):
-        if not self.peak_file:
+        if self.peak_fd is None:
             return None
-        with open(self.peak_file) as f:
-            peak = int(f.read())
-        with open(self.peak_file, "w") as f:
-            f.write("0")
-        return peak
+        return int(os.pread(self.peak_fd, 64, 0).split()[0])
 
 
 # -- helpers -------------------------------------------------------------------------------------
