@@ -196,7 +196,7 @@ class VerifierPool:
             checked = J.validate(job, self.limits)
             if checked["language"] == "bend" and self.bend is None:
                 raise J.JobError(f"bend is not on PATH ({bend_backend.INSTALL_HINT})")
-            if checked["language"] == "bend" and checked["runtime"].startswith("hvm-") and self.hvm is None:
+            if checked["language"] == "bend" and self.hvm is None:
                 raise J.JobError(f"hvm is not on PATH ({bend_backend.INSTALL_HINT})")
         except J.JobError as e:
             self._store(seq, J.result(J.job_id(job), "rejected", str(e), detail_chars=self.limits.detail_chars))
@@ -285,8 +285,10 @@ class VerifierPool:
             cfg["uids"] = [self._uid_base + 2 * i, self._uid_base + 2 * i + 1]
         if self.isolation.bwrap:
             cfg["scratch"] = "/tmp/job"  # the sandbox's own /tmp
+            cfg["hvm_shim"] = "/tmp/jaxdiff-hvm-shim"
         else:  # the host's /tmp: a private corner per worker
             cfg["scratch"] = os.path.join(self._tmp, f"w{i}")
+            cfg["hvm_shim"] = os.path.join(self._tmp, f"w{i}-hvm-shim")
         plan = self.isolation.cgroups
         if self._cgroups[i] is None and plan is not None and plan.dirs:
             name = f"jaxdiff-verify-{os.getpid()}-{self._slot}-w{i}"

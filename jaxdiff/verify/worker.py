@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import resource
+import secrets
 import select
 import signal
 import socket
@@ -23,7 +24,7 @@ import sys
 import time
 
 from jaxdiff.verify import bend as bend_backend
-from jaxdiff.verify import proto, pyharness
+from jaxdiff.verify import bendseal, proto, pyharness
 
 _PR_SET_CHILD_SUBREAPER = 36
 _OUTPUT_CAP = 1 << 16
@@ -71,6 +72,9 @@ class Worker:
                 fh.write("-1000")
         except OSError:
             pass
+        self.shim = cfg.get("hvm_shim")
+        if cfg.get("bend") and self.shim:
+            _write_shim(self.shim)
         sys.set_int_max_str_digits(0)
         for name in _PRELOAD:
             __import__(name)
@@ -140,7 +144,7 @@ class Worker:
         if cand is not None:
             stats["cpu_ms"] = round((cand[1].ru_utime + cand[1].ru_stime) * 1000, 3)
             stats["max_rss_kb"] = cand[1].ru_maxrss
-        stats["output_bytes"] = len(stdout[0]) if stdout[1] is None else stdout[1]
+        stats.setdefault("output_bytes", len(stdout[0]) if stdout[1] is None else stdout[1])
         peak = self._peak()
         if peak is not None:  # above what the worker itself held when the job started
             stats["peak_memory_mb"] = round(max(0, peak - base_usage) / 2**20, 2)
@@ -258,20 +262,39 @@ class Worker:
             pass
 
     def _bend(self, job, secret_len, in_fd, out_fd, err_fd, deadline):
-        argv = bend_backend.command(job["runtime"], self.cfg["bend"], self.cfg["hvm"])
-        cand = self._fork_job(self.uids[0] if self.uids else None, {0: in_fd, 1: out_fd, 2: err_fd},
-                              lambda: _exec_bend(job["program"], argv), candidate=True, bend=True)
+        """A Bend job, sealed (bendseal.py): the nonce goes down a pipe that the job's shim empties
+        before the program runs; what the program prints comes back on its own descriptor."""
+        argv = bend_backend.command(job["runtime"], self.cfg["bend"], self.shim)
+        nonce = [secrets.randbelow(1 << 24) for _ in range(3)]
+        ctrl_r, ctrl_w = os.pipe()
+        os.write(ctrl_w, json.dumps({"nonce": nonce, "hvm": self.cfg["hvm"]}).encode())
+        os.close(ctrl_w)
+        printed_fd = os.memfd_create("printed")
+        cand = self._fork_job(self.uids[0] if self.uids else None,
+                              {0: in_fd, 1: out_fd, 2: err_fd, bendseal.CONTROL_FD: ctrl_r, bendseal.PRINTED_FD: printed_fd},
+                              lambda: _run_bend(job["program"], argv), candidate=True, bend=True)
+        os.close(ctrl_r)
         secret = json.loads(bytes(self.read_secret(secret_len)))
         self.wipe_secret(secret_len)
         ready = _wait_exit(cand, deadline)
 
         def finish(children, stdout, stderr):
+            printed = _read_capped(printed_fd)
+            os.close(printed_fd)
             status_word = children.get(cand, (0,))[0]
             code = os.WEXITSTATUS(status_word) if os.WIFEXITED(status_word) else -os.WTERMSIG(status_word)
-            run = bend_backend.parse_output(stdout[0].decode("utf-8", "replace"),
-                                            stderr[0].decode("utf-8", "replace"), code)
+            run = bend_backend.parse_output(stdout[0].decode("utf-8", "replace"), stderr[0].decode("utf-8", "replace"),
+                                            code, nonce, printed[0].decode("utf-8", "replace"))
             status, detail = bend_backend.verdict(run, secret.get("expected_result"), secret.get("expected_stdout"))
-            return status, detail, dict(run.stats)
+            if status != "passed" and f"hvm was killed by signal {int(signal.SIGXCPU)}" in run.errors:
+                # bend only says "HVM output had no result"; the seal saw hvm die at RLIMIT_CPU
+                status, detail = "timeout", f"CPU time limit of {self.limits['cpu_s']} s reached (by hvm)"
+            size = len(printed[0]) if printed[1] is None else printed[1]
+            if status != "passed":
+                if size >= self.limits["fsize_mb"] << 20:
+                    detail = f"the program's output reached the {self.limits['fsize_mb']} MB output limit; {detail}"
+                detail += _tail(printed, "output")
+            return status, detail, {**run.stats, "output_bytes": size}
 
         return {"cand_pid": cand, "timed_out": not ready, "finish": finish}
 
@@ -401,20 +424,32 @@ class Worker:
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def _exec_bend(program: str, argv: list[str]) -> int:
+def _run_bend(program: str, argv: list) -> int:
+    """The Bend job process: write main.bend, then run bend (its --hvm-bin shim seals the run) or,
+    for hvm runtimes, `bend gen-hvm` and the sealed hvm run right here."""
     with open("main.bend", "w") as f:
-        f.write(program)
-    if argv[0] == "gen-hvm":  # hvm runtimes: bend gen-hvm main.bend > main.hvm, then hvm run*
-        gen, run = argv[1], argv[2:]
-        import subprocess
+        f.write(program + bendseal.SEAL_SOURCE)
+    if argv[0] != "gen-hvm":
+        os.execve(argv[0], argv, dict(os.environ))
+    import subprocess
 
-        with open("main.hvm", "wb") as out:
-            r = subprocess.run(gen, stdout=out)
-        if r.returncode != 0:
-            return 100 + min(r.returncode, 100) if r.returncode > 0 else 99
-        argv = run
-    os.execve(argv[0], argv, dict(os.environ))
-    return 72
+    bendseal._non_dumpable()
+    ctrl = bendseal.read_control()
+    r = subprocess.run(argv[1], stdout=subprocess.PIPE)  # compiles only: no program code runs yet
+    if r.returncode != 0:
+        return 100 + min(r.returncode, 100) if r.returncode > 0 else 99
+    return bendseal.run_sealed(ctrl["hvm"], argv[2], r.stdout.decode("utf-8", "replace"), ctrl["nonce"])
+
+
+def _write_shim(path: str):
+    """bendseal.py as an executable script (bend's --hvm-bin), root-owned and read-only for jobs."""
+    with open(bendseal.__file__) as f:
+        src = f.read()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"#!{sys.executable} -IS\n{src}")
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, path)
 
 
 def _arrange_fds(fds: dict):
