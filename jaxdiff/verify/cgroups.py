@@ -293,6 +293,10 @@ class V2Tree:
         missing = [c for c in controllers if c not in _read(control, "").split()]
         if not missing:
             return
+        offered = self._file("cgroup.controllers")
+        for c in missing:
+            if c not in _read(offered, "").split():
+                raise CgroupError(f"cannot enable {c} in {control}: controller '{c}' is not available in {offered}")
         if not self.is_root:
             self._evacuate()
         try:
@@ -374,13 +378,6 @@ class V2Group:
     def launcher(self) -> list:
         """argv prefix that starts a command inside this group: the shell joins it, then execs."""
         return ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', self.procs_file]
-
-    def events(self) -> dict:
-        """memory.events as {key: count} (`oom`: the limit was hit and reclaim failed; `oom_kill`)."""
-        return read_counters(os.path.join(self.dir, "memory.events"))
-
-    def kill(self):
-        kill_all(self.dir)
 
     def remove(self):
         try:

@@ -66,12 +66,14 @@ class VerifierPool:
             raise sandbox.SandboxUnavailable(
                 "refusing to run untrusted code: isolation primitive(s) missing: " + ", ".join(self.isolation.missing)
                 + "\n" + self.isolation.report()
-                + "\nInstall what is missing, or pass allow_unsandboxed=True to run with what there is.")
+                + "\nInstall what is missing, or pass allow_unsandboxed=True (command line: --allow-unsandboxed) "
+                "to run with what there is.")
         if level == "reduced" and not (allow_reduced_isolation or allow_unsandboxed):
             raise sandbox.SandboxUnavailable(
                 "refusing to run untrusted code without cgroup limits: isolation primitive(s) missing: "
                 + ", ".join(self.isolation.missing) + "\n" + self.isolation.report()
-                + "\nDelegate a cgroup v2 subtree to this process, or name one with cgroup_root= (docs/verify.md), "
+                + "\nDelegate a cgroup v2 subtree to this process, or name one with cgroup_root= (--cgroup-root; "
+                "docs/verify.md), "
                 "or accept the reduced isolation level (bubblewrap, private uids, rlimits; no cgroup memory or "
                 f"process-count limit) with allow_reduced_isolation=True (command line: --allow-reduced-isolation; "
                 f"environment: {ENV_ALLOW_REDUCED}=1).")

@@ -46,8 +46,11 @@ class Worker:
         self.usage_file = cfg.get("usage_file")
         self.peak_fd = None  # memory.peak (v2) / memory.max_usage_in_bytes (v1), reset before each job
         if cfg.get("peak_file"):
-            self.peak_fd = os.open(cfg["peak_file"], os.O_RDWR | os.O_CLOEXEC)
-            self.peak_reset = cfg["peak_reset"].encode()
+            try:  # memory.peak is read-only before Linux 6.12: a peak of the group's life is no job's
+                self.peak_fd = os.open(cfg["peak_file"], os.O_RDWR | os.O_CLOEXEC)
+                self.peak_reset = cfg["peak_reset"].encode()
+            except OSError:
+                pass
         self.secret = bytearray(1 << 16)
         self.judge = None  # (pid, socket) of the warm judge
         self.judge_jobs = 0
@@ -412,7 +415,7 @@ class Worker:
             return
         try:
             os.pwrite(self.peak_fd, self.peak_reset, 0)
-        except OSError:  # memory.peak before Linux 6.12 cannot be reset: a peak of the group's life is no job's
+        except OSError:  # cannot be reset after all: no peak rather than a wrong one
             os.close(self.peak_fd)
             self.peak_fd = None
 
