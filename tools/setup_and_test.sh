@@ -16,6 +16,8 @@ python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
+# the project's bend/hvm binaries (shared/bin beside the checkout), so the real-Bend tests run
+if [ -x ../shared/bin/bend ] && [ -x ../shared/bin/hvm ]; then PATH="$(cd ../shared/bin && pwd):$PATH"; fi
 set +e
 python -m pytest -q -p no:cacheprovider --durations=25 "$@"
 rc=$?
