@@ -25,7 +25,9 @@ import re
 import signal
 import time
 
-CONTROLLERS = ("memory", "pids")
+CONTROLLERS = ("memory", "pids")  # what the pool limits
+V1_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
+                  "perf_event", "hugetlb", "pids", "rdma", "misc")  # what a v1 mount's options may name
 LEAF = "jaxdiff-leaf"
 # The worker and (while a test runs) the judge share their jobs' group; this is their allowance.
 WORKER_HEADROOM_MB = 256
@@ -100,6 +102,7 @@ class Layout:
 
 
 def detect(mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/self/cgroup") -> Layout:
+    """The cgroup layout this process sees (the paths are parameters for tests)."""
     mounts = parse_mountinfo(_read(mountinfo, ""))
     v2_path, v1_paths = parse_proc_cgroup(_read(proc_cgroup, ""))
     v1_ctrls, v1_dirs = [], {}
@@ -107,7 +110,7 @@ def detect(mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/se
         if m.fstype != "cgroup":
             continue
         for c in m.options:
-            if c in CONTROLLERS_KNOWN:
+            if c in V1_CONTROLLERS:
                 v1_ctrls.append(c)
                 d = _resolve(m, v1_paths.get(c))
                 if d and os.path.isdir(d):
@@ -124,10 +127,6 @@ def detect(mountinfo: str = "/proc/self/mountinfo", proc_cgroup: str = "/proc/se
     mode = {(True, True): "hybrid", (True, False): "v1", (False, True): "v2"}.get(
         (bool(v1_ctrls), v2_mount is not None), "none")
     return Layout(mode, tuple(dict.fromkeys(v1_ctrls)), v1_dirs, v2_mount, v2_dir, v2_ctrls)
-
-
-CONTROLLERS_KNOWN = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio",
-                     "blkio", "perf_event", "hugetlb", "pids", "rdma", "misc")
 
 
 def _resolve(mount: Mount, path: str | None) -> str | None:
@@ -165,9 +164,12 @@ def plan(root: str | None = None, layout: Layout | None = None) -> Plan:
         return _plan_v1(layout)
     base = root or layout.v2_dir
     if base is None:
-        why = ("no cgroup hierarchy is mounted (/proc/self/mountinfo has neither cgroup nor cgroup2)"
-               if layout.mode == "none" else "this process's cgroup v2 group is not visible under "
-               f"{layout.v2_mount} (/proc/self/cgroup)")
+        if layout.mode == "none":
+            why = "no cgroup hierarchy is mounted (/proc/self/mountinfo has neither cgroup nor cgroup2)"
+        elif layout.v2_mount is None:
+            why = "no v1 hierarchy carries it and no cgroup2 is mounted (/proc/self/mountinfo)"
+        else:
+            why = f"this process's cgroup v2 group (/proc/self/cgroup) is not visible under {layout.v2_mount}"
         return Plan(None, {}, {c: why for c in CONTROLLERS}, layout)
     problems = V2Tree(base).problems(layout)
     return Plan("v2", {c: base for c in CONTROLLERS if c not in problems}, problems, layout)
@@ -205,8 +207,6 @@ def _try_child(base: str) -> str | None:
 
 class V1Group:
     """One worker's groups in the v1 `memory` and `pids` hierarchies (children of this process's)."""
-
-    version = "v1"
 
     def __init__(self, dirs: dict, name: str, memory_mb: int | None, nproc: int | None):
         self.dirs = {}
@@ -329,9 +329,7 @@ class V2Tree:
 
 
 class V2Group:
-    """One worker's cgroup v2 group: limits, events, peak, kill, removal."""
-
-    version = "v2"
+    """One worker's cgroup v2 group: its limits, what the worker reads, how it starts inside, removal."""
 
     def __init__(self, path: str, memory_mb: int | None, nproc: int | None):
         self.dir = path

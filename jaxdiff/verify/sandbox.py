@@ -26,8 +26,6 @@ WORKER_CAPS = ("CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVE
                "CAP_SYS_RESOURCE")
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
 PRIMITIVES = ("bwrap", "uid separation", "cgroup memory", "cgroup pids")
-# What a pool can run with, strongest first; every result's stats["isolation"] says which one it had.
-LEVELS = ("cgroup-v2", "cgroup-v1", "reduced", "unsandboxed")
 
 
 class SandboxUnavailable(RuntimeError):

@@ -24,7 +24,7 @@ import sys
 import time
 
 from jaxdiff.verify import bend as bend_backend
-from jaxdiff.verify import bendseal, proto, pyharness
+from jaxdiff.verify import bendseal, cgroups, proto, pyharness
 
 _PR_SET_CHILD_SUBREAPER = 36
 _OUTPUT_CAP = 1 << 16
@@ -396,13 +396,8 @@ class Worker:
         """OOM events of the memory cgroup so far (v1 oom_kill; v2 oom + oom_kill of memory.events)."""
         if not self.oom_file:
             return 0
-        total = 0
-        with open(self.oom_file) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key in self.oom_keys:
-                    total += int(value)
-        return total
+        counters = cgroups.read_counters(self.oom_file)
+        return sum(counters.get(key, 0) for key in self.oom_keys)
 
     def _usage(self) -> int:
         if not self.usage_file:
