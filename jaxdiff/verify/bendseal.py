@@ -15,9 +15,10 @@ to pass as 42. So the pool never trusts a `Result:` line as such. Per job the wo
    go to bend, which reads the term back as `Result: (n1, (n2, (n3, <value>)))`; everything else
    the program printed goes to PRINTED_FD, so bend never sees a `Result:` line of the program's.
 3. IO: hvm performs IO only while the *root* is an IO call, which the pair is not. When the sealed
-   value of a first run is an IO call (`((@IO/Call/tag ...`) and the runtime performs IO (hvm
-   `run-c`, `run-cu`), it runs again with `@main` = `JaxdiffSeal/io(n1, n2, n3, <root>)`, which
-   performs main's IO and pairs what it returns, as `IO/Done`, exactly as bend would print it.
+   value of a first run is an IO call (`((@IO/Call/tag ...`, or hvm crashed printing it) and the
+   runtime performs IO (hvm `run-c`, `run-cu`), it runs again with `@main` =
+   `JaxdiffSeal/io(n1, n2, n3, <root>)`, which performs main's IO and pairs what it returns, as
+   `IO/Done`, exactly as bend would print it.
 
 The worker (bend.parse_output) accepts only a result in that sealed form and takes the statistics
 that follow it. For `hvm-run*` jobs the worker's job process does steps 1-3 itself on the output of
@@ -29,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 
 CONTROL_FD = 3  # nonce and hvm path, from the worker: {"nonce": [n1, n2, n3], "hvm": "/path/to/hvm"}
@@ -97,11 +99,22 @@ def run_sealed(hvm: str, cmd: str, net: str, nonce, printed_fd: int = PRINTED_FD
     everything else hvm's stdout carried to `printed_fd`. Returns hvm's exit status (128 + signal)."""
     prefix = raw_prefix(nonce)
     code, block = _run_hvm(hvm, cmd, seal_net(net, nonce, "pure"), prefix, printed_fd)
-    if block is not None and cmd in IO_COMMANDS and block[len(prefix):].startswith(b"((@IO/Call/tag "):
+    if cmd in IO_COMMANDS and _is_io_call(code, block, prefix):
         code, block = _run_hvm(hvm, cmd, seal_net(net, nonce, "io"), prefix, printed_fd)
+    if code > 128:
+        os.write(2, f"hvm was killed by signal {code - 128}\n".encode())
     if block is not None:
         _write_all(out_fd, block)
     return code
+
+
+def _is_io_call(code: int, block, prefix: bytes) -> bool:
+    """Whether main's value, sealed, is an IO call: it reads so, or hvm crashed printing it before
+    any of it got out (hvm's printer overflows its fixed stack on deep terms, and a pending IO call
+    carries the whole rest of the program)."""
+    if block is None:
+        return code == 128 + signal.SIGSEGV
+    return block[len(prefix):].startswith(b"((@IO/Call/tag ")
 
 
 def _run_hvm(hvm, cmd, net, prefix, printed_fd):
@@ -149,7 +162,6 @@ def _run_hvm(hvm, cmd, net, prefix, printed_fd):
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
-        os.write(2, f"hvm was killed by signal {-code}\n".encode())
         code = 128 - code
     if block is None:
         return code, None
