@@ -60,7 +60,9 @@ class VerifierPool:
         self.limits = J.Limits(timeout_s=timeout_s, memory_mb=memory_mb, fsize_mb=fsize_mb, nofile=nofile, nproc=nproc)
         allow_reduced_isolation = allow_reduced_isolation or os.environ.get(ENV_ALLOW_REDUCED, "") not in ("", "0")
         self.isolation = sandbox.probe(bwrap, cgroup_root or os.environ.get(ENV_CGROUP_ROOT) or None)
-        self._v2 = self._prepare_v2()
+        self._v2 = None  # cgroup v2: prepared (this process moved into a leaf group) only if the pool may start
+        if self.isolation.level != "unsandboxed" or allow_unsandboxed:
+            self._v2 = self._prepare_v2()
         level = self.isolation.level
         if level == "unsandboxed" and not allow_unsandboxed:
             raise sandbox.SandboxUnavailable(
