@@ -1,4 +1,5 @@
 """python -m jaxdiff.verify --input jobs.jsonl --output results.jsonl [--workers N] [--timeout S]
+    [--memory-mb M] [--allow-reduced-isolation] [--cgroup-root DIR] [--allow-unsandboxed] [--no-progress]
 
 One result line per non-blank input line, in input order, written (and flushed) as soon as it is
 known, so an interrupted run keeps everything it finished. A line that is not a valid job becomes a
@@ -38,6 +39,11 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=10.0, help="wall-clock seconds per job")
     p.add_argument("--memory-mb", type=int, default=1024)
+    p.add_argument("--allow-reduced-isolation", action="store_true",
+                   help="run where no cgroup can be made: bubblewrap, private uids and rlimits only, no cgroup "
+                        "memory or process-count limit (every result's stats['isolation'] says 'reduced')")
+    p.add_argument("--cgroup-root", default=None,
+                   help="a delegated cgroup v2 directory for the workers' groups (default: this process's own)")
     p.add_argument("--allow-unsandboxed", action="store_true",
                    help="run even when an isolation primitive is missing (trusted code only)")
     p.add_argument("--no-progress", action="store_true")
@@ -45,6 +51,7 @@ def main(argv=None) -> int:
 
     try:
         pool = VerifierPool(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb,
+                            allow_reduced_isolation=args.allow_reduced_isolation, cgroup_root=args.cgroup_root,
                             allow_unsandboxed=args.allow_unsandboxed)
     except SandboxUnavailable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,13 +1,18 @@
 """Bend/HVM backend: the command line for each runtime, the output parser, and the verdict.
 
-Facts this relies on (recorded from bend-lang 0.2.38 / hvm 2.0.22, see docs/verify.md):
+Facts this relies on (bend-lang 0.2.38 / hvm 2.0.22, checked against the real binaries; docs/verify.md):
   * success: stdout holds what the program printed through IO, then `Result: <value>`; with `-s`
     the lines `- ITRS: n`, `- TIME: x.xxs`, `- MIPS: x.xx` follow. `hvm run*` always prints them.
+    bend takes the *first* `Result: ` in hvm's output as the result, so a program could print its
+    own: jobs run sealed (bendseal.py), and only a result paired with the job's nonce counts.
   * failure: diagnostics on stderr, coloured with ANSI codes even off a terminal; stdout empty;
     exit 1 (errors), 2 (bad flag) or 101 (hvm panic).
   * `run-cu` exits 0 with `Result: <Invalid>` when GPU memory runs out, and `bend` ignores the
     exit status of the `hvm` it runs: neither the exit code nor a `Result:` line alone is trusted.
   * `bend run-*` writes `.out.hvm` into the current directory: each job gets its own scratch dir.
+  * Without a result, `bend run-c` exits 1 ("HVM output had no result"); that is also what a
+    job's CPU-time limit looks like (the hvm child dies of SIGXCPU): the worker classifies by
+    resource use, not by this message.
 """
 
 from __future__ import annotations
@@ -20,22 +25,23 @@ _STAT = re.compile(r"^- (ITRS|TIME|MIPS): *([0-9.eE+-]+)s?\s*$")
 _ERROR_MARKERS = ("Errors:", "error:", "panicked at", "HVM output had no result", "PARSE_ERROR",
                   "was not found", "has no 'main' definition", "Unbound variable")
 INSTALL_HINT = "cargo install hvm@2.0.22 bend-lang@0.2.38"
+# Address space hvm 2.0.22 reserves up front (measured: `hvm run-c` needs 7.5 GB of RLIMIT_AS to start).
+HVM_ADDRESS_SPACE_MB = 8192
 
 
-def command(runtime: str, bend: str | None, hvm: str | None) -> list:
-    """argv for a job's runtime, run in a scratch dir holding main.bend.
+def command(runtime: str, bend: str | None, hvm_shim: str) -> list:
+    """argv for a job's runtime, run in a scratch dir holding main.bend (the program + SEAL_SOURCE).
 
-    `bend run-X -s main.bend`, or for `hvm-run*`: ["gen-hvm", <bend gen-hvm argv>, <hvm argv>]
-    (the worker writes the generated net to main.hvm, then runs hvm on it).
+    `bend run-X -s -A unused-definition --hvm-bin <shim> main.bend` (the shim seals hvm's run), or
+    for `hvm-run*`: ["gen-hvm", <bend gen-hvm argv>, <hvm subcommand>] (the job process seals and
+    runs the generated net itself).
     """
     if bend is None:
         raise FileNotFoundError(f"bend is not installed ({INSTALL_HINT})")
-    if runtime in ("run-rs", "run-c", "run-cu"):
-        return [bend, runtime, "-s", "main.bend"]  # options before the file: what follows it goes to main
+    if runtime in ("run-rs", "run-c", "run-cu"):  # options before the file: what follows it goes to main
+        return [bend, runtime, "-s", "-A", "unused-definition", "--hvm-bin", hvm_shim, "main.bend"]
     if runtime in ("hvm-run", "hvm-run-c", "hvm-run-cu"):
-        if hvm is None:
-            raise FileNotFoundError(f"hvm is not installed ({INSTALL_HINT})")
-        return ["gen-hvm", [bend, "gen-hvm", "main.bend"], hvm, runtime[len("hvm-"):], "main.hvm"]
+        return ["gen-hvm", [bend, "gen-hvm", "-A", "unused-definition", "main.bend"], runtime[len("hvm-"):]]
     raise ValueError(f"unknown Bend runtime {runtime!r}")
 
 
@@ -54,34 +60,32 @@ def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
-def parse_output(stdout: str, stderr: str, exit_code: int) -> BendRun:
-    out = strip_ansi(stdout).replace("\r\n", "\n")
-    lines = out.split("\n")
-    result, printed, stats = None, [], {}
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if result is None and line.startswith("Result:"):
-            value = line[len("Result:"):].strip()
-            if not value:  # `-p`: the term is on the following line(s)
-                body = []
-                while i + 1 < len(lines) and lines[i + 1].strip() and not _STAT.match(lines[i + 1]):
-                    i += 1
-                    body.append(lines[i].strip())
-                value = " ".join(body)
-            result = value
-        elif (m := _STAT.match(line)) is not None:
+def parse_output(stdout: str, stderr: str, exit_code: int, nonce, printed: str = "") -> BendRun:
+    """What a sealed run said. Only a `Result:` line sealed with `nonce` counts: read back by bend,
+    `Result: (n1, (n2, (n3, <value>)))`; raw from hvm, `Result: (n1 (n2 (n3 <value>)))`. The
+    statistics are the lines right after it; `printed` is what the program printed (bendseal.py)."""
+    n1, n2, n3 = nonce
+    forms = (f"Result: ({n1}, ({n2}, ({n3}, ", f"Result: ({n1} ({n2} ({n3} ")
+    lines = strip_ansi(stdout).replace("\r\n", "\n").split("\n")
+    result, stats = None, {}
+    for i, line in enumerate(lines):
+        form = next((f for f in forms if line.startswith(f)), None)
+        if form is None:
+            continue
+        line = line.rstrip()
+        if line.endswith(")))"):
+            result = line[len(form):-3]
+        for following in lines[i + 1:i + 4]:
+            m = _STAT.match(following)
+            if m is None:
+                break
             key, num = m.group(1), m.group(2)
             try:
                 stats[{"ITRS": "itrs", "TIME": "time_s", "MIPS": "mips"}[key]] = int(num) if key == "ITRS" else float(num)
             except ValueError:
                 pass
-        elif result is None:
-            printed.append(line)
-        i += 1
-    printed_text = "\n".join(printed).rstrip("\n")
-    return BendRun(result=result, printed=printed_text, stats=stats,
-                   errors=strip_ansi(stderr).strip(), exit_code=exit_code)
+        break
+    return BendRun(result=result, printed=printed, stats=stats, errors=strip_ansi(stderr).strip(), exit_code=exit_code)
 
 
 def verdict(run: BendRun, expected_result: str | None, expected_stdout: str | None) -> tuple[str, str]:
@@ -91,6 +95,9 @@ def verdict(run: BendRun, expected_result: str | None, expected_stdout: str | No
         first = "; ".join(line.strip() for line in why if line.strip())[:600] or "no diagnostics"
         if run.exit_code < 0:
             return "error", f"bend was killed by signal {-run.exit_code}: {first}"
+        if run.exit_code == 0 and run.result is None:
+            return "error", ("no Result line sealed with this job's nonce (a Result line the program prints "
+                             f"is never its result): {first}")
         return "error", f"bend failed (exit {run.exit_code}{', no Result line' if run.result is None else ''}): {first}"
     if run.result == "<Invalid>":
         return "error", "the runtime returned <Invalid> (with run-cu: GPU memory ran out)"

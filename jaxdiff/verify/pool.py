@@ -7,7 +7,9 @@
         results = pool.collect(ticket)
 
 Every job gets exactly one result, whatever it does; a worker that dies is replaced. The pool
-refuses to start when an isolation primitive is missing, naming it, unless `allow_unsandboxed=True`.
+refuses to start when an isolation primitive is missing, naming it: without a cgroup (v1 or v2) it
+runs only with `allow_reduced_isolation=True`, without bubblewrap or private uids only with
+`allow_unsandboxed=True`. Every result's stats["isolation"] names the level it ran at.
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ import time
 
 from jaxdiff.verify import jobs as J
 from jaxdiff.verify import bend as bend_backend
-from jaxdiff.verify import proto, sandbox
+from jaxdiff.verify import cgroups, proto, sandbox
 
 log = logging.getLogger(__name__)
 
 _PUBLIC = ("language", "program", "stdin", "runtime")
 _SECRET = ("tests", "entry_point", "expected_stdout", "expected_result")
 _GRACE_S = 10.0  # beyond the job timeout, before the pool declares a worker hung
+ENV_ALLOW_REDUCED = "JAXDIFF_VERIFY_ALLOW_REDUCED_ISOLATION"
+ENV_CGROUP_ROOT = "JAXDIFF_VERIFY_CGROUP_ROOT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +52,37 @@ class Ticket:
 class VerifierPool:
     def __init__(self, workers: int = 2, timeout_s: float = 10.0, memory_mb: int = 1024, *,
                  fsize_mb: int = 16, nofile: int = 64, nproc: int = 32, queue_size: int = 4096,
-                 allow_unsandboxed: bool = False, bwrap: str | None = "bwrap",
+                 allow_reduced_isolation: bool = False, allow_unsandboxed: bool = False,
+                 cgroup_root: str | None = None, bwrap: str | None = "bwrap",
                  bend: str | None = "bend", hvm: str | None = "hvm"):
         if workers < 1:
             raise ValueError("workers must be >= 1")
         self.limits = J.Limits(timeout_s=timeout_s, memory_mb=memory_mb, fsize_mb=fsize_mb, nofile=nofile, nproc=nproc)
-        self.isolation = sandbox.probe(bwrap)
-        missing = self.isolation.missing
-        if missing and not allow_unsandboxed:
+        allow_reduced_isolation = allow_reduced_isolation or os.environ.get(ENV_ALLOW_REDUCED, "") not in ("", "0")
+        self.isolation = sandbox.probe(bwrap, cgroup_root or os.environ.get(ENV_CGROUP_ROOT) or None)
+        self._v2 = None  # cgroup v2: prepared (this process moved into a leaf group) only if the pool may start
+        if self.isolation.level != "unsandboxed" or allow_unsandboxed:
+            self._v2 = self._prepare_v2()
+        level = self.isolation.level
+        if level == "unsandboxed" and not allow_unsandboxed:
             raise sandbox.SandboxUnavailable(
-                "refusing to run untrusted code: isolation primitive(s) missing: " + ", ".join(missing)
+                "refusing to run untrusted code: isolation primitive(s) missing: " + ", ".join(self.isolation.missing)
                 + "\n" + self.isolation.report()
-                + "\nInstall what is missing, or pass allow_unsandboxed=True to run with what there is.")
-        if missing:
-            log.warning("VerifierPool runs WITHOUT full isolation; missing: %s\n%s", ", ".join(missing),
-                        self.isolation.report())
+                + "\nInstall what is missing, or pass allow_unsandboxed=True (command line: --allow-unsandboxed) "
+                "to run with what there is.")
+        if level == "reduced" and not (allow_reduced_isolation or allow_unsandboxed):
+            raise sandbox.SandboxUnavailable(
+                "refusing to run untrusted code without cgroup limits: isolation primitive(s) missing: "
+                + ", ".join(self.isolation.missing) + "\n" + self.isolation.report()
+                + "\nDelegate a cgroup v2 subtree to this process, or name one with cgroup_root= (--cgroup-root; "
+                "docs/verify.md), "
+                "or accept the reduced isolation level (bubblewrap, private uids, rlimits; no cgroup memory or "
+                f"process-count limit) with allow_reduced_isolation=True (command line: --allow-reduced-isolation; "
+                f"environment: {ENV_ALLOW_REDUCED}=1).")
+        if level in ("reduced", "unsandboxed"):
+            log.warning("VerifierPool runs at isolation level %r, WITHOUT full isolation; missing: %s\n%s", level,
+                        ", ".join(self.isolation.missing), self.isolation.report())
+        self.level = level
         self.bend = _which(bend)
         self.hvm = _which(hvm)
         if workers > 32:
@@ -95,6 +115,23 @@ class VerifierPool:
         if self._start_errors:
             self.close()
             raise RuntimeError(f"verifier workers failed to start: {self._start_errors[0]}")
+
+    def _prepare_v2(self):
+        """cgroup v2: enable the controllers in the delegated subtree once, before any worker starts;
+        if that fails, the pool has no cgroup (the level says so)."""
+        plan = self.isolation.cgroups
+        if plan is None or plan.version != "v2" or not plan.dirs:
+            return None
+        tree = cgroups.V2Tree(next(iter(plan.dirs.values())))
+        try:
+            tree.prepare(list(plan.dirs))
+        except cgroups.CgroupError as e:
+            problems = {c: str(e) for c in plan.dirs}
+            self.isolation = dataclasses.replace(
+                self.isolation, problems={**self.isolation.problems, **{f"cgroup {c}": w for c, w in problems.items()}},
+                cgroups=dataclasses.replace(plan, dirs={}, problems={**plan.problems, **problems}))
+            return None
+        return tree
 
     # -- public API ------------------------------------------------------------------------------
 
@@ -163,7 +200,7 @@ class VerifierPool:
             checked = J.validate(job, self.limits)
             if checked["language"] == "bend" and self.bend is None:
                 raise J.JobError(f"bend is not on PATH ({bend_backend.INSTALL_HINT})")
-            if checked["language"] == "bend" and checked["runtime"].startswith("hvm-") and self.hvm is None:
+            if checked["language"] == "bend" and self.hvm is None:
                 raise J.JobError(f"hvm is not on PATH ({bend_backend.INSTALL_HINT})")
         except J.JobError as e:
             self._store(seq, J.result(J.job_id(job), "rejected", str(e), detail_chars=self.limits.detail_chars))
@@ -172,6 +209,7 @@ class VerifierPool:
         return seq
 
     def _store(self, seq, res):
+        res["stats"]["isolation"] = self.level
         with self._done:
             self._results[seq] = res
             self._done.notify_all()
@@ -251,23 +289,23 @@ class VerifierPool:
             cfg["uids"] = [self._uid_base + 2 * i, self._uid_base + 2 * i + 1]
         if self.isolation.bwrap:
             cfg["scratch"] = "/tmp/job"  # the sandbox's own /tmp
+            cfg["hvm_shim"] = "/tmp/jaxdiff-hvm-shim"
         else:  # the host's /tmp: a private corner per worker
             cfg["scratch"] = os.path.join(self._tmp, f"w{i}")
-        bind_rw = []
-        problems = self.isolation.problems
-        if self._cgroups[i] is None and not (problems.get("cgroup memory") and problems.get("cgroup pids")):
-            self._cgroups[i] = sandbox.JobCgroups(
-                f"jaxdiff-verify-{os.getpid()}-{self._slot}-w{i}",
-                None if problems.get("cgroup memory") else lim.memory_mb,
-                None if problems.get("cgroup pids") else lim.nproc)
+            cfg["hvm_shim"] = os.path.join(self._tmp, f"w{i}-hvm-shim")
+        plan = self.isolation.cgroups
+        if self._cgroups[i] is None and plan is not None and plan.dirs:
+            name = f"jaxdiff-verify-{os.getpid()}-{self._slot}-w{i}"
+            memory_mb = lim.memory_mb if "memory" in plan.dirs else None
+            nproc = lim.nproc if "pids" in plan.dirs else None
+            self._cgroups[i] = (cgroups.V1Group(plan.dirs, name, memory_mb, nproc) if plan.version == "v1"
+                                else self._v2.group(name, memory_mb, nproc))
         cg = self._cgroups[i]
+        bind_rw, launcher = [], []
         if cg is not None:
-            cfg["procs_files"] = cg.procs_files
+            cfg.update(cg.worker_config())
             bind_rw = list(cg.dirs.values())
-            if "memory" in cg.dirs:
-                cfg["has_memory_cgroup"] = True
-                cfg["oom_file"] = os.path.join(cg.dirs["memory"], "memory.oom_control")
-                cfg["peak_file"] = os.path.join(cg.dirs["memory"], "memory.max_usage_in_bytes")
+            launcher = cg.launcher()
         import jaxdiff
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(jaxdiff.__file__)))
@@ -276,6 +314,7 @@ class VerifierPool:
         if self.isolation.bwrap:
             keep = sandbox.needed_paths() + [os.path.dirname(p) for p in (self.bend, self.hvm) if p]
             argv = sandbox.bwrap_argv(self.isolation.bwrap, keep, bind_rw) + argv
+        argv = launcher + argv  # cgroup v2: the worker's sandbox starts inside its group
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=sandbox.clean_env(),
                                 start_new_session=True, cwd="/")
         proc.stdin_fd = proc.stdin.fileno()
@@ -283,7 +322,7 @@ class VerifierPool:
         hello = _read_reply(proc.stdout_fd, 60)
         if not hello or not hello.get("ready"):
             _stop(proc)
-            raise RuntimeError(f"worker {i} did not start (command: {' '.join(argv[:3])} ...)")
+            raise RuntimeError(f"worker {i} did not start (command: {' '.join(argv[:5])} ...)")
         self._workers[i] = proc
         return proc
 

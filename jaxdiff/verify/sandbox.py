@@ -1,11 +1,11 @@
-"""Isolation primitives: what this machine offers, the bubblewrap command line, cgroup v1 limits.
+"""Isolation primitives: what this machine offers, the isolation level, the bubblewrap command line.
 
 Layers, outermost first (docs/verify.md has the full model):
   1. bubblewrap puts each warm worker in new network, pid, ipc and uts namespaces and a mount
      namespace where `/` is read-only, /tmp is a small private tmpfs, home directories and /run
      are hidden, and the environment is empty.
-  2. Each job is a fresh fork of that worker, moved into its own cgroup (memory and process
-     count for the whole job), with rlimits, its own session, a private scratch dir and a private
+  2. Each worker and the jobs it forks share a cgroup (memory and process count; v1 or v2, see
+     cgroups.py); each job has rlimits, its own session, a private scratch dir and a private
      unprivileged uid (so RLIMIT_NPROC binds and it can touch nothing of the worker's).
   3. At the end of a job the worker, alone with its jobs in its pid namespace, SIGKILLs every
      process but itself with one kill(-1) and reaps them: nothing outlives a job.
@@ -19,11 +19,12 @@ import shutil
 import subprocess
 import sys
 
+from jaxdiff.verify import cgroups
+
 MASKED_DIRS = ("/root", "/home", "/run", "/mnt", "/media", "/srv")
 WORKER_CAPS = ("CAP_KILL", "CAP_SETUID", "CAP_SETGID", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER",
                "CAP_SYS_RESOURCE")
 SAFE_PATH = "/usr/local/bin:/usr/bin:/bin"
-CGROUP_ROOT = "/sys/fs/cgroup"
 PRIMITIVES = ("bwrap", "uid separation", "cgroup memory", "cgroup pids")
 
 
@@ -33,25 +34,45 @@ class SandboxUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Isolation:
-    """What `probe` found: for each primitive, None when it works or the reason it does not."""
+    """What `probe` found: for each primitive, None when it works or the reason it does not; and
+    the cgroup plan (which version, which directories)."""
 
     bwrap: str | None
     problems: dict
+    cgroups: cgroups.Plan | None = None
 
     @property
     def missing(self) -> list[str]:
         return [name for name in PRIMITIVES if self.problems.get(name)]
 
+    @property
+    def level(self) -> str:
+        """cgroup-v1 / cgroup-v2: everything works; reduced: bwrap and private uids, no (complete)
+        cgroup; unsandboxed: bwrap or private uids missing too."""
+        missing = self.missing
+        if "bwrap" in missing or "uid separation" in missing:
+            return "unsandboxed"
+        if missing or self.cgroups is None or self.cgroups.version is None:
+            return "reduced"
+        return "cgroup-" + self.cgroups.version
+
     def report(self) -> str:
         lines = []
         for name in PRIMITIVES:
             why = self.problems.get(name)
-            lines.append(f"  {name:15s} {'ok' if not why else 'MISSING: ' + why}")
+            where = ""
+            if not why and name.startswith("cgroup ") and self.cgroups is not None:
+                where = f" ({self.cgroups.version}: {self.cgroups.dirs.get(name[len('cgroup '):], '?')})"
+            lines.append(f"  {name:15s} {'ok' + where if not why else 'MISSING: ' + why}")
+        if self.cgroups is not None:
+            lines.append(f"  {'cgroups':15s} {self.cgroups.layout.describe()}")
+        lines.append(f"  {'level':15s} {self.level}")
         return "\n".join(lines)
 
 
-def probe(bwrap: str | None = "bwrap") -> Isolation:
-    """Try each primitive for real (a throwaway sandbox, a throwaway cgroup)."""
+def probe(bwrap: str | None = "bwrap", cgroup_root: str | None = None) -> Isolation:
+    """Try each primitive for real (a throwaway sandbox, a throwaway cgroup). `cgroup_root`: a
+    delegated cgroup v2 directory to use instead of this process's own group."""
     problems = {}
     path = shutil.which(bwrap) if bwrap else None
     if not path:
@@ -68,13 +89,12 @@ def probe(bwrap: str | None = "bwrap") -> Isolation:
     if os.geteuid() != 0:
         problems["uid separation"] = ("not running as root: jobs would share the pool's uid, so "
                                       "RLIMIT_NPROC counts the user's processes and a job could signal its worker")
-    for ctrl in ("memory", "pids"):
-        why = _probe_cgroup(ctrl)
-        if why:
-            problems[f"cgroup {ctrl}"] = why
+    plan = cgroups.plan(cgroup_root)
+    for ctrl, why in plan.problems.items():
+        problems[f"cgroup {ctrl}"] = why
     if problems.get("bwrap"):
         path = None
-    return Isolation(bwrap=path, problems=problems)
+    return Isolation(bwrap=path, problems=problems, cgroups=plan)
 
 
 def clean_env() -> dict:
@@ -132,108 +152,3 @@ def _top_level(paths):
         if not any(p.startswith(q + "/") for q in out):
             out.append(p)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# cgroup v1 (memory, pids): one child group per worker, under the pool's own group.
-# ---------------------------------------------------------------------------------------------
-
-def _own_cgroup(ctrl: str) -> str | None:
-    """Directory of this process's cgroup in the v1 hierarchy of `ctrl`, or None."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            for line in f:
-                _, ctrls, path = line.rstrip("\n").split(":", 2)
-                if ctrl in ctrls.split(","):
-                    d = os.path.join(CGROUP_ROOT, ctrl, path.lstrip("/"))
-                    return d if os.path.isdir(d) else None
-    except OSError:
-        return None
-    return None
-
-
-def _probe_cgroup(ctrl: str) -> str | None:
-    base = _own_cgroup(ctrl)
-    if base is None:
-        return f"no cgroup v1 '{ctrl}' hierarchy mounted under {CGROUP_ROOT} (cgroup v2-only hosts are not supported)"
-    test = os.path.join(base, f"jaxdiff-probe-{os.getpid()}")
-    try:
-        os.mkdir(test)
-        os.rmdir(test)
-    except OSError as e:
-        return f"cannot create a cgroup under {base}: {e.strerror}"
-    return None
-
-
-# The worker and (while a test runs) the judge share their job's groups; this is their allowance.
-WORKER_HEADROOM_MB = 256
-WORKER_HEADROOM_PIDS = 8
-
-
-class JobCgroups:
-    """The memory and pids cgroups of one worker and every job it forks.
-
-    The worker joins them at start-up and each job inherits them at fork (moving a process into a
-    v1 cgroup costs milliseconds; inheriting costs nothing). Limits are set once: the job's
-    allowance plus WORKER_HEADROOM_*; per job the worker reads the peak and the OOM-kill counter.
-    """
-
-    def __init__(self, name: str, memory_mb: int | None, nproc: int | None):
-        self.dirs = {}
-        if memory_mb is not None:
-            d = self._make("memory", name)
-            limit = (memory_mb + WORKER_HEADROOM_MB) << 20
-            _write(os.path.join(d, "memory.limit_in_bytes"), limit)
-            memsw = os.path.join(d, "memory.memsw.limit_in_bytes")
-            if os.path.exists(memsw):  # with swap accounting, swap must not extend the limit
-                _write(memsw, limit)
-        if nproc is not None:
-            d = self._make("pids", name)
-            _write(os.path.join(d, "pids.max"), nproc + WORKER_HEADROOM_PIDS)
-
-    def _make(self, ctrl, name):
-        d = os.path.join(_own_cgroup(ctrl), name)
-        if os.path.isdir(d):
-            _empty(d)
-            os.rmdir(d)
-        os.mkdir(d)
-        self.dirs[ctrl] = d
-        return d
-
-    @property
-    def procs_files(self) -> list[str]:
-        return [os.path.join(d, "cgroup.procs") for d in self.dirs.values()]
-
-    def remove(self):
-        for d in self.dirs.values():
-            try:
-                _empty(d)
-                os.rmdir(d)
-            except OSError:
-                pass
-
-
-def _empty(d):
-    """SIGKILL whatever is still in a cgroup (only after its worker is gone)."""
-    import signal
-    import time
-
-    for _ in range(100):
-        try:
-            with open(os.path.join(d, "cgroup.procs")) as f:
-                pids = [int(x) for x in f.read().split()]
-        except OSError:
-            return
-        if not pids:
-            return
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-
-
-def _write(path, value):
-    with open(path, "w") as f:
-        f.write(str(value))

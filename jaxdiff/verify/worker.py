@@ -16,6 +16,7 @@ import gc
 import json
 import os
 import resource
+import secrets
 import select
 import signal
 import socket
@@ -23,7 +24,7 @@ import sys
 import time
 
 from jaxdiff.verify import bend as bend_backend
-from jaxdiff.verify import proto, pyharness
+from jaxdiff.verify import bendseal, cgroups, proto, pyharness
 
 _PR_SET_CHILD_SUBREAPER = 36
 _OUTPUT_CAP = 1 << 16
@@ -40,10 +41,16 @@ class Worker:
         self.limits = cfg["limits"]
         self.sandboxed = cfg["sandboxed"]
         self.uids = cfg.get("uids")  # [candidate uid, judge uid] or None
-        self.procs_files = cfg.get("procs_files", [])
         self.scratch = cfg["scratch"]  # private per job: made before it, deleted after it
-        self.oom_file = cfg.get("oom_file")
-        self.peak_file = cfg.get("peak_file")
+        self.oom_file, self.oom_keys = cfg.get("oom_file"), cfg.get("oom_keys", ())
+        self.usage_file = cfg.get("usage_file")
+        self.peak_fd = None  # memory.peak (v2) / memory.max_usage_in_bytes (v1), reset before each job
+        if cfg.get("peak_file"):
+            try:  # memory.peak is read-only before Linux 6.12: a peak of the group's life is no job's
+                self.peak_fd = os.open(cfg["peak_file"], os.O_RDWR | os.O_CLOEXEC)
+                self.peak_reset = cfg["peak_reset"].encode()
+            except OSError:
+                pass
         self.secret = bytearray(1 << 16)
         self.judge = None  # (pid, socket) of the warm judge
         self.judge_jobs = 0
@@ -56,10 +63,11 @@ class Worker:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-        # Join the jobs' cgroups once, here: moving every job process in would cost milliseconds
-        # per job (cgroup v1 migration); forked jobs inherit the group for free. The worker shields
-        # itself from the OOM killer (and jobs volunteer at 1000) so that a memory bomb is what gets killed.
-        for f in self.procs_files:
+        # cgroup v1: join the jobs' groups once, here: moving every job process in would cost
+        # milliseconds per job; forked jobs inherit the group for free. (cgroup v2: the sandbox was
+        # started inside the group.) The worker shields itself from the OOM killer (and jobs
+        # volunteer at 1000) so that a memory bomb is what gets killed.
+        for f in cfg.get("cgroup_join", ()):
             with open(f, "w") as fh:
                 fh.write(str(os.getpid()))
         try:  # some kernels refuse negative values (EIO on this project's VMs); jobs still go first at 1000
@@ -67,6 +75,9 @@ class Worker:
                 fh.write("-1000")
         except OSError:
             pass
+        self.shim = cfg.get("hvm_shim")
+        if cfg.get("bend") and self.shim:
+            _write_shim(self.shim)
         sys.set_int_max_str_digits(0)
         for name in _PRELOAD:
             __import__(name)
@@ -116,6 +127,7 @@ class Worker:
         os.lseek(in_fd, 0, os.SEEK_SET)
         oom_before = self._oom_kills()
         base_usage = self._usage()
+        self._reset_peak()
         t0 = time.perf_counter()
         deadline = t0 + self.limits["timeout_s"]
         if job["language"] == "python":
@@ -135,7 +147,7 @@ class Worker:
         if cand is not None:
             stats["cpu_ms"] = round((cand[1].ru_utime + cand[1].ru_stime) * 1000, 3)
             stats["max_rss_kb"] = cand[1].ru_maxrss
-        stats["output_bytes"] = len(stdout[0]) if stdout[1] is None else stdout[1]
+        stats.setdefault("output_bytes", len(stdout[0]) if stdout[1] is None else stdout[1])
         peak = self._peak()
         if peak is not None:  # above what the worker itself held when the job started
             stats["peak_memory_mb"] = round(max(0, peak - base_usage) / 2**20, 2)
@@ -253,20 +265,39 @@ class Worker:
             pass
 
     def _bend(self, job, secret_len, in_fd, out_fd, err_fd, deadline):
-        argv = bend_backend.command(job["runtime"], self.cfg["bend"], self.cfg["hvm"])
-        cand = self._fork_job(self.uids[0] if self.uids else None, {0: in_fd, 1: out_fd, 2: err_fd},
-                              lambda: _exec_bend(job["program"], argv), candidate=True, bend=True)
+        """A Bend job, sealed (bendseal.py): the nonce goes down a pipe that the job's shim empties
+        before the program runs; what the program prints comes back on its own descriptor."""
+        argv = bend_backend.command(job["runtime"], self.cfg["bend"], self.shim)
+        nonce = [secrets.randbelow(1 << 24) for _ in range(3)]
+        ctrl_r, ctrl_w = os.pipe()
+        os.write(ctrl_w, json.dumps({"nonce": nonce, "hvm": self.cfg["hvm"]}).encode())
+        os.close(ctrl_w)
+        printed_fd = os.memfd_create("printed")
+        cand = self._fork_job(self.uids[0] if self.uids else None,
+                              {0: in_fd, 1: out_fd, 2: err_fd, bendseal.CONTROL_FD: ctrl_r, bendseal.PRINTED_FD: printed_fd},
+                              lambda: _run_bend(job["program"], argv), candidate=True, bend=True)
+        os.close(ctrl_r)
         secret = json.loads(bytes(self.read_secret(secret_len)))
         self.wipe_secret(secret_len)
         ready = _wait_exit(cand, deadline)
 
         def finish(children, stdout, stderr):
+            printed = _read_capped(printed_fd)
+            os.close(printed_fd)
             status_word = children.get(cand, (0,))[0]
             code = os.WEXITSTATUS(status_word) if os.WIFEXITED(status_word) else -os.WTERMSIG(status_word)
-            run = bend_backend.parse_output(stdout[0].decode("utf-8", "replace"),
-                                            stderr[0].decode("utf-8", "replace"), code)
+            run = bend_backend.parse_output(stdout[0].decode("utf-8", "replace"), stderr[0].decode("utf-8", "replace"),
+                                            code, nonce, printed[0].decode("utf-8", "replace"))
             status, detail = bend_backend.verdict(run, secret.get("expected_result"), secret.get("expected_stdout"))
-            return status, detail, dict(run.stats)
+            if status != "passed" and f"hvm was killed by signal {int(signal.SIGXCPU)}" in run.errors:
+                # bend only says "HVM output had no result"; the seal saw hvm die at RLIMIT_CPU
+                status, detail = "timeout", f"CPU time limit of {self.limits['cpu_s']} s reached (by hvm)"
+            size = len(printed[0]) if printed[1] is None else printed[1]
+            if status != "passed":
+                if size >= self.limits["fsize_mb"] << 20:
+                    detail = f"the program's output reached the {self.limits['fsize_mb']} MB output limit; {detail}"
+                detail += _tail(printed, "output")
+            return status, detail, {**run.stats, "output_bytes": size}
 
         return {"cand_pid": cand, "timed_out": not ready, "finish": finish}
 
@@ -316,8 +347,11 @@ class Worker:
         else:
             # the judge lives across jobs, so a CPU-time limit would add up; the wall clock bounds it
             mem = max(mem, 2048 << 20)  # trusted test code: keep it from failing before the program
-        # HVM reserves its whole heap as address space up front: bound Bend jobs by the cgroup instead
-        if not (bend and self.procs_files and self.cfg.get("has_memory_cgroup")):
+        # HVM reserves its whole heap as address space up front: bound Bend jobs by the memory cgroup
+        # instead, and without one let the address space hold that reservation on top of memory_mb
+        if bend and not self.cfg.get("has_memory_cgroup"):
+            mem += bend_backend.HVM_ADDRESS_SPACE_MB << 20
+        if not (bend and self.cfg.get("has_memory_cgroup")):
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
         resource.setrlimit(resource.RLIMIT_FSIZE, ((lim["fsize_mb"] << 20),) * 2)
         resource.setrlimit(resource.RLIMIT_NOFILE, (lim["nofile"], lim["nofile"]))
@@ -359,46 +393,61 @@ class Worker:
                 time.sleep(0.0002)
 
     def _oom_kills(self) -> int:
+        """OOM events of the memory cgroup so far (v1 oom_kill; v2 oom + oom_kill of memory.events)."""
         if not self.oom_file:
             return 0
-        with open(self.oom_file) as f:
-            for line in f:
-                if line.startswith("oom_kill "):
-                    return int(line.split()[1])
-        return 0
+        counters = cgroups.read_counters(self.oom_file)
+        return sum(counters.get(key, 0) for key in self.oom_keys)
 
     def _usage(self) -> int:
-        if not self.peak_file:
+        if not self.usage_file:
             return 0
-        with open(self.peak_file.replace("max_usage_in_bytes", "usage_in_bytes")) as f:
+        with open(self.usage_file) as f:
             return int(f.read())
 
+    def _reset_peak(self):
+        if self.peak_fd is None:
+            return
+        try:
+            os.pwrite(self.peak_fd, self.peak_reset, 0)
+        except OSError:  # cannot be reset after all: no peak rather than a wrong one
+            os.close(self.peak_fd)
+            self.peak_fd = None
+
     def _peak(self):
-        if not self.peak_file:
+        if self.peak_fd is None:
             return None
-        with open(self.peak_file) as f:
-            peak = int(f.read())
-        with open(self.peak_file, "w") as f:
-            f.write("0")
-        return peak
+        return int(os.pread(self.peak_fd, 64, 0).split()[0])
 
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def _exec_bend(program: str, argv: list[str]) -> int:
+def _run_bend(program: str, argv: list) -> int:
+    """The Bend job process: write main.bend, then run bend (its --hvm-bin shim seals the run) or,
+    for hvm runtimes, `bend gen-hvm` and the sealed hvm run right here."""
     with open("main.bend", "w") as f:
-        f.write(program)
-    if argv[0] == "gen-hvm":  # hvm runtimes: bend gen-hvm main.bend > main.hvm, then hvm run*
-        gen, run = argv[1], argv[2:]
-        import subprocess
+        f.write(program + bendseal.SEAL_SOURCE)
+    if argv[0] != "gen-hvm":
+        os.execve(argv[0], argv, dict(os.environ))
+    import subprocess
 
-        with open("main.hvm", "wb") as out:
-            r = subprocess.run(gen, stdout=out)
-        if r.returncode != 0:
-            return 100 + min(r.returncode, 100) if r.returncode > 0 else 99
-        argv = run
-    os.execve(argv[0], argv, dict(os.environ))
-    return 72
+    bendseal._non_dumpable()
+    ctrl = bendseal.read_control()
+    r = subprocess.run(argv[1], stdout=subprocess.PIPE)  # compiles only: no program code runs yet
+    if r.returncode != 0:
+        return 100 + min(r.returncode, 100) if r.returncode > 0 else 99
+    return bendseal.run_sealed(ctrl["hvm"], argv[2], r.stdout.decode("utf-8", "replace"), ctrl["nonce"])
+
+
+def _write_shim(path: str):
+    """bendseal.py as an executable script (bend's --hvm-bin), root-owned and read-only for jobs."""
+    with open(bendseal.__file__) as f:
+        src = f.read()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(f"#!{sys.executable} -IS\n{src}")
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, path)
 
 
 def _arrange_fds(fds: dict):

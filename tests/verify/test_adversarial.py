@@ -281,6 +281,17 @@ def test_exit_tricks_never_pass(pool, trick, where):
     assert r["status"] in ("failed", "error") and not r["passed"], r
 
 
+@pytest.mark.parametrize("where", ["load", "call"])
+@pytest.mark.parametrize("trick", ["exit()", "sys.exit(0)", "os._exit(0)", "SystemExit"])
+def test_exit_tricks_never_pass_the_humaneval_layout(pool, trick, where):
+    # check(candidate) with the asserts after the call: leaving early must not look like passing
+    code = EXITS[trick]
+    prog = (code + "\ndef f(x): return 1") if where == "load" else (
+        "def f(x):\n" + "\n".join("    " + line for line in code.split("\n")) + "\n    return 1")
+    r = run1(pool, prog, "def check(candidate):\n    candidate(1)\n    assert candidate(1) == 2\n", entry_point="f")
+    assert r["status"] in ("failed", "error") and not r["passed"], r
+
+
 def test_an_exit_swallowed_by_the_tests_still_fails(pool):
     r = run1(pool, "import sys\ndef f(x):\n    sys.exit(0)",
              "try:\n    f(1)\nexcept BaseException:\n    pass")
@@ -352,6 +363,37 @@ def h(x): return [EqStr("nope")]
     res = [run1(pool, prog, t) for t in ("assert f(1) == 2", "assert 2 == f(1)", "assert g(1) == 2",
                                          "assert h(1) == ['yes']", "assert not (f(1) != 2)")]
     assert [r["status"] for r in res] == ["failed"] * 5, res
+
+
+def test_more_always_equal_objects(pool):
+    # subclasses of every plain type travel as their plain value; an object lying about its class
+    # stays a handle, and a handle never equals plain data
+    prog = """
+class EqFloat(float):
+    def __eq__(self, other): return True
+class EqTuple(tuple):
+    def __eq__(self, other): return True
+class EqList(list):
+    def __eq__(self, other): return True
+class EqDict(dict):
+    def __eq__(self, other): return True
+class EqBytes(bytes):
+    def __eq__(self, other): return True
+class Liar:
+    __class__ = property(lambda self: int)
+    def __eq__(self, other): return True
+    def __index__(self): return 2
+def f(kind):
+    return {"float": EqFloat(0.5), "tuple": EqTuple((0,)), "list": EqList([0]), "dict": EqDict(a=0),
+            "bytes": EqBytes(b"no"), "liar": Liar()}[kind]
+"""
+    cases = [("float", "2.0"), ("tuple", "(1, 2)"), ("list", "[1]"), ("dict", "{'b': 1}"), ("bytes", "b'yes'"),
+             ("liar", "2")]
+    r = run1(pool, prog, [f"assert f({k!r}) == {v}" for k, v in cases])
+    assert r["status"] == "failed" and r["stats"]["tests_passed"] == 0, r
+    r = run1(pool, prog, "def check(candidate):\n    assert candidate('liar') == 2\n    assert candidate('float') == 2.0",
+             entry_point="f")
+    assert r["status"] == "failed", r
 
 
 def test_the_tests_are_never_in_the_programs_memory(pool):

@@ -52,6 +52,21 @@ def test_cli_refuses_without_sandbox_primitive(tmp_path):
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_cli_reduced_isolation_is_opt_in(tmp_path):
+    jobs = tmp_path / "jobs.jsonl"
+    out = tmp_path / "out.jsonl"
+    jobs.write_text(json.dumps({"id": 1, "program": "def f(): return 1", "tests": "assert f() == 1"}) + "\n")
+    nowhere = tmp_path / "no-cgroup"  # no group can be made there
+    nowhere.mkdir()
+    r = _cli("--input", str(jobs), "--output", str(out), "--workers", "1", "--cgroup-root", str(nowhere))
+    assert r.returncode == 2 and "--allow-reduced-isolation" in r.stderr and not out.exists()
+    r = _cli("--input", str(jobs), "--output", str(out), "--workers", "1", "--cgroup-root", str(nowhere),
+             "--allow-reduced-isolation", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["status"] == "passed" and res["stats"]["isolation"] == "reduced"
+
+
 def test_no_jax_anywhere_in_verify():
     code = ("import sys, jaxdiff.verify, jaxdiff.verify.reward, jaxdiff.verify.worker, jaxdiff.verify.__main__\n"
             "assert not [m for m in sys.modules if m == 'jax' or m.startswith('jax.')], 'jax imported'")
