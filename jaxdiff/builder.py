@@ -94,13 +94,14 @@ def _stored_dtype(params) -> jnp.dtype:
 
 
 def load_base(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
-              options: ModelOptions | None = None) -> model_lib.Qwen3:
+              options: ModelOptions | None = None, eos_token_id: int | None = None) -> model_lib.Qwen3:
     """An HF checkpoint folder or a `tools/convert_hf.py` output as a model (no adapters).
 
     dtype: None keeps the stored dtypes (an FP8 base stays FP8 + block scales, computed in bf16);
            "float32" / "bfloat16" casts floating weights and dequantizes FP8.
     mesh:  parameters are restored directly sharded by their logical axes and `rules`.
-    options: how the model computes (default ModelOptions(mesh=mesh))."""
+    options: how the model computes (default ModelOptions(mesh=mesh)).
+    eos_token_id: used when the checkpoint's config.json names none (e.g. the tokenizer's EOS)."""
     from jaxdiff.checkpoint import CheckpointError, load_params
     from jaxdiff.parallel import use_mesh
 
@@ -116,6 +117,8 @@ def load_base(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
     options = ModelOptions(mesh=mesh) if options is None else options
     shardings = None if mesh is None else model_lib.param_shardings(cfg, mesh, rules)
     cfg, params = load_params(path, dtype=dtype, shardings=shardings)
+    if cfg.eos_token_id is None and eos_token_id is not None:
+        cfg = cfg.replace(eos_token_id=int(eos_token_id))
     compute = dtype if dtype is not None else _stored_dtype(params)
     with use_mesh(mesh, rules):
         m = model_lib.abstract_model(cfg, dtype=compute, options=options)
@@ -146,7 +149,8 @@ def build_model_from_config(c, tokenizer, *, mesh=None) -> model_lib.Qwen3:
     options = model_options(c, mesh)
     with use_mesh(mesh):
         if c.model.checkpoint:
-            model = load_base(c.model.checkpoint, dtype=c.model.dtype or None, mesh=mesh, options=options)
+            model = load_base(c.model.checkpoint, dtype=c.model.dtype or None, mesh=mesh, options=options,
+                              eos_token_id=tokenizer.eos_token_id)
         else:
             mcfg = model_config_from_init(c.model.init, scratch_vocab(len(tokenizer)), tokenizer.eos_token_id,
                                           tokenizer.pad_token_id)

@@ -32,11 +32,10 @@ def load_for_sampling(path: str, *, step: int | None = None, dtype: str | None =
         raise ValueError(f"{path} is a checkpoint folder, not a training workdir: it has no steps to choose")
     from jaxdiff.model.mask_token import add_mask_token
 
-    model = builder.load_base(path, dtype=dtype or None)
     tokenizer = None
-    tpath = tokenizer_path or path
     if tokenizer_path or tok_lib.tokenizer_dir(path):
-        tokenizer = tok_lib.load_tokenizer(tpath)
+        tokenizer = tok_lib.load_tokenizer(tokenizer_path or path)
+    model = builder.load_base(path, dtype=dtype or None, eos_token_id=None if tokenizer is None else tokenizer.eos_token_id)
     if model.config.mask_token_id is None:
         if tokenizer is None and mask_id is None:
             raise ValueError(f"{path}: the model has no mask token and no tokenizer; pass mask_id (a spare embedding row)")
