@@ -1,6 +1,7 @@
 """jaxdiff installed as a wheel (not editable) and used from another directory: the launch scripts
 and tools run against the installed package, with no repository on sys.path."""
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,8 +23,11 @@ def venv(tmp_path_factory):
     """A fresh venv holding the built wheel. Its dependencies come from the test environment's
     site-packages (a .pth line), so nothing is downloaded; jaxdiff itself only from the wheel."""
     tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"   # a clean copy: setuptools leaves build/ in the tree it builds
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.egg-info",
+                                                             "__pycache__", "tests"))
     wheels = tmp / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), ROOT],
+    _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
          cwd=str(tmp))
     (wheel,) = [w for w in os.listdir(wheels) if w.startswith("jaxdiff-") and w.endswith(".whl")]
     env_dir = tmp / "venv"

@@ -62,10 +62,6 @@ def use_mesh(mesh: Mesh | None, rules: Rules | None = None):
         _CTX.mesh, _CTX.rules = prev
 
 
-def current_mesh() -> Mesh | None:
-    return _CTX.mesh
-
-
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int] | None = None,
                     mesh: Mesh | None = None, rules: Rules | None = None) -> P:
     """PartitionSpec for logical `axes`. With `shape` and `mesh`, a dimension that the mapped mesh
