@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 
+from jaxdiff.checkpoint.orbax_io import is_checkpoint
 from jaxdiff.checkpoint.peft import PEFT_HEADS, export_merged, export_peft
 from jaxdiff.checkpoint.safetensors_io import CheckpointError
 from jaxdiff.model.config import ConfigError
@@ -52,6 +53,9 @@ def main(argv=None) -> int:
     p.add_argument("--out_dir", required=True)
     p.add_argument("--merge", action="store_true", help="write a full HF folder with the head merged in")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument("--base_model", default=None,
+                   help="adapter_config.json's base_model_name_or_path: the HF folder or hub id of the base "
+                        "(default: the run's model.checkpoint)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -66,13 +70,19 @@ def main(argv=None) -> int:
                               "there is no base to merge into")
         from jaxdiff.builder import load_workdir
         model, tokenizer, _ = load_workdir(a.workdir, a.step)
-        export = export_merged if a.merge else export_peft
-        s = export(model, a.head, base, a.out_dir, overwrite=a.overwrite, tokenizer=tokenizer)
+        if a.merge:
+            s = export_merged(model, a.head, base, a.out_dir, overwrite=a.overwrite, tokenizer=tokenizer)
+        else:
+            s = export_peft(model, a.head, a.base_model or base, a.out_dir, overwrite=a.overwrite,
+                            tokenizer=tokenizer)
     except (ExportError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
         print(f"export_peft: error: {e}", file=sys.stderr)
         return 2
     what = "merged" if a.merge else "adapter"
     print(f"exported the {a.head} head ({what}) -> {s['out_dir']}")
+    if not a.merge and not a.base_model and base and is_checkpoint(base):
+        print(f"note: the base {base} is a converted jaxdiff checkpoint; peft loads the adapter onto its HF "
+              "folder (tools/export_hf.py, or the folder it was converted from; --base_model records it)")
     return 0
 
 

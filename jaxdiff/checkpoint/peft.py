@@ -160,9 +160,11 @@ def _publish(tmp: str, out_dir: str) -> None:
 def export_peft(model, head: str, base_path: str | None, out_dir: str, *, overwrite: bool = False,
                 tokenizer=None) -> dict:
     """Writes `head` as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) for
-    the HF model at `base_path` (recorded as base_model_name_or_path), plus `tokenizer`'s files if
+    the HF model at `base_path` (a folder or hub id, recorded as base_model_name_or_path), plus `tokenizer`'s files if
     given (jaxdiff's tokenizer knows `<|mask|>`). Written to a temporary folder, renamed when complete."""
-    config = adapter_config(model, head, None if base_path is None else os.path.abspath(base_path))
+    if base_path is not None and os.path.exists(base_path):   # a local folder; a hub id stays as given
+        base_path = os.path.abspath(base_path)
+    config = adapter_config(model, head, None if base_path is None else os.fspath(base_path))
     tensors = adapter_tensors(model, head)
     out_dir, tmp = _claim(out_dir, overwrite)
     try:

@@ -240,7 +240,7 @@ def workdir(dense, tmp_path_factory):
     return root, model
 
 
-def test_tool_exports_a_workdir_head(workdir, capsys):
+def test_tool_exports_a_workdir_head(workdir, dense, capsys):
     root, model = workdir
     out = root / "adapter"
     assert _tool().main(["--workdir", str(root / "run"), "--head", "diffusion", "--out_dir", str(out)]) == 0
@@ -250,6 +250,11 @@ def test_tool_exports_a_workdir_head(workdir, capsys):
     np.testing.assert_array_equal(b, model.model.layers[0].self_attn.k_proj.lora_diffusion_b[...])
     assert json.load(open(out / ADAPTER_CONFIG))["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
     assert (out / "tokenizer.json").exists()
+    assert json.load(open(out / ADAPTER_CONFIG))["base_model_name_or_path"] == dense["jd"]
+    merged = root / "merged"
+    run = ["--workdir", str(root / "run"), "--head", "diffusion", "--out_dir", str(merged)]
+    assert _tool().main([*run, "--merge"]) == 0
+    assert SafetensorsFolder.open(str(merged)).tensors.keys() == SafetensorsFolder.open(dense["hf"]).tensors.keys()
 
 
 @pytest.mark.parametrize("args,flag", [
