@@ -4,7 +4,8 @@
     python tools/export_peft.py --workdir /runs/coder-lora --head ar --out_dir /ckpt/coder-ar-merged --merge
 
 Adapter: adapter_config.json + adapter_model.safetensors in PEFT's key names (per-expert adapters
-as vLLM loads them), the `<|mask|>` row as trainable_token_indices, and the run's tokenizer.
+as vLLM loads them), for the diffusion head the `<|mask|>` row as trainable_token_indices, and the
+run's tokenizer.
 --merge: the base checkpoint (config.model.checkpoint) with W + scale B A written in, same files,
 tensor names and dtypes. See docs/checkpoints.md.
 """

@@ -12,10 +12,12 @@ PEFT's scale is lora_alpha / r (use_rslora false), so `lora_alpha = scale * r`.
       base_model.model.model.layers.{i}.mlp.experts.{e}.gate_proj.lora_A.weight [r, D]  (per expert, as vLLM loads)
       base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta  [1, D]  (the <|mask|> row)
 
-The `<|mask|>` row always ships (`trainable_token_indices: {"embed_tokens": [id]}`): when it was
-trained it is the `MaskEmbedding` variable; when not, it is still not the base checkpoint's row —
-`add_mask_token` wrote the mean embedding into jaxdiff's frozen table — and the diffusion head's
-logits depend on it. PEFT's `trainable_tokens_delta` holds the row's values, not a difference.
+The `<|mask|>` row ships with the diffusion head, always (`trainable_token_indices: {"embed_tokens":
+[id]}`): when it was trained it is the `MaskEmbedding` variable; when not, it is still not the base
+checkpoint's row — `add_mask_token` wrote the mean embedding into jaxdiff's frozen table — and every
+masked position reads it. PEFT's `trainable_tokens_delta` holds the row's values, not a difference.
+The ar head never sees `<|mask|>` (it trains and decodes on clean text), so its adapter is plain
+LoRA, which vLLM also loads (vLLM refuses any tensor that is not lora_A / lora_B).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from jaxdiff.model.config import ModelConfig
 from jaxdiff.model.lora import Adapted
 
 PEFT_HEADS = ("ar", "diffusion")   # the length head is a classifier, not an adapter PEFT can express
+MASKED_HEADS = ("diffusion",)       # heads whose inputs hold <|mask|>: their adapter carries its row
 PREFIX = "base_model.model."
 EMBED = "model.embed_tokens"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -115,13 +118,13 @@ def _adapters(model, head: str):
 
 
 def adapter_tensors(model, head: str) -> dict[str, np.ndarray]:
-    """PEFT's state dict of `head` (float32, PEFT's key names, one adapter per expert) and the
-    `<|mask|>` row. No transpose: jaxdiff's A and B already have PEFT's orientation."""
+    """PEFT's state dict of `head` (float32, PEFT's key names, one adapter per expert) and, for the
+    diffusion head, the `<|mask|>` row. No transpose: jaxdiff's A and B already have PEFT's orientation."""
     out = {}
     for name, a, b in _adapters(model, head):
         out[f"{PREFIX}{name}.lora_A.weight"] = a
         out[f"{PREFIX}{name}.lora_B.weight"] = b
-    row = mask_row(model)
+    row = mask_row(model) if head in MASKED_HEADS else None
     if row is not None:
         out[f"{PREFIX}{EMBED}.token_adapter.trainable_tokens_delta"] = row[1][None, :]
     return dict(sorted(out.items(), key=lambda kv: _natural(kv[0])))
@@ -130,7 +133,7 @@ def adapter_tensors(model, head: str) -> dict[str, np.ndarray]:
 def adapter_config(model, head: str, base_path: str | None) -> dict:
     mods, scale, rate, rank = head_settings(model, head)
     alpha = scale * rank
-    row = mask_row(model)
+    row = mask_row(model) if head in MASKED_HEADS else None
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_path,

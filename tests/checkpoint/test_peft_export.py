@@ -52,9 +52,11 @@ def _jaxdiff_model(base, *, trainable_mask=True, specs=SPECS):
     return m
 
 
-def _tokens(b=2, l=19, vocab=320):
+def _tokens(head, b=2, l=19, vocab=320):
+    """Clean text for `ar` (it never sees <|mask|>); masked positions for `diffusion`."""
     t = np.random.RandomState(0).randint(0, vocab - 8, (b, l))
-    t[:, 5::3] = MASK_ID                      # the diffusion head reads masked positions
+    if head == "diffusion":
+        t[:, 5::3] = MASK_ID
     return t
 
 
@@ -74,19 +76,19 @@ _COMPILED = {}
 
 
 def _logits(model, head):
-    """jaxdiff's logits of `_tokens()` with `head` (jitted once per model and head: one compile is
+    """jaxdiff's logits of `_tokens(head)` with `head` (jitted once per model and head: one compile is
     cheaper than the op-by-op compiles of an eager first call)."""
     if (id(model), head) not in _COMPILED:
         graphdef, state = nnx.split(model)
         fn = jax.jit(lambda state, t: nnx.merge(graphdef, state)(t, lora=head, attention=MODES[head]))
         _COMPILED[id(model), head] = (model, fn)
-    return _COMPILED[id(model), head][1](nnx.state(model), jnp.asarray(_tokens()))
+    return _COMPILED[id(model), head][1](nnx.state(model), jnp.asarray(_tokens(head)))
 
 
 def _check(model, head, ref, base_dir):
     """jaxdiff's logits with `head` against `ref` (transformers); the base alone must differ, or the
     adapter would be proving nothing."""
-    base = _hf_logits(_hf(base_dir), _tokens(), MODES[head])
+    base = _hf_logits(_hf(base_dir), _tokens(head), MODES[head])
     assert np.abs(ref - base).max() > 0.05, "the adapter barely changes the logits"
     out = np.asarray(_logits(model, head))
     diff = np.abs(out - ref).max()
@@ -112,25 +114,33 @@ def test_peft_model_reproduces_jaxdiff_logits(dense, tmp_path, head, mask):
     spec = SPECS[head]
     assert (cfg["r"], cfg["lora_alpha"], cfg["peft_type"]) == (spec.rank, spec.alpha, "LORA")
     assert cfg["target_modules"] == sorted(DENSE_TARGETS)
-    assert cfg["trainable_token_indices"] == {"embed_tokens": [MASK_ID]}
+    assert cfg["trainable_token_indices"] == ({"embed_tokens": [MASK_ID]} if head == "diffusion" else None)
     peft_model = PeftModel.from_pretrained(_hf(dense["hf"]), out["out_dir"]).eval()
-    ref = _hf_logits(peft_model, _tokens(), MODES[head])
+    ref = _hf_logits(peft_model, _tokens(head), MODES[head])
     _check(model, head, ref, dense["hf"])
 
 
-def test_adapter_keys_layout_and_values(dense, tmp_path):
-    model = dense["trained"]
-    out = export_peft(model, "ar", dense["hf"], str(tmp_path / "a"))
+@pytest.mark.parametrize("head", ["ar", "diffusion"])
+def test_adapter_keys_layout_and_values(dense, tmp_path, head):
+    model, r = dense["trained"], SPECS[head].rank
+    out = export_peft(model, head, dense["hf"], str(tmp_path / "a"))
     with safe_open(os.path.join(out["out_dir"], ADAPTER_WEIGHTS), "np") as f:
         t = {k: f.get_tensor(k) for k in f.keys()}
     q = model.model.layers[1].self_attn.q_proj
-    np.testing.assert_array_equal(t["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"], q.lora_ar_a[...])
-    np.testing.assert_array_equal(t["base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight"], q.lora_ar_b[...])
-    assert t["base_model.model.lm_head.lora_A.weight"].shape == (4, 64)
-    assert t["base_model.model.lm_head.lora_B.weight"].shape == (320, 4)
-    np.testing.assert_array_equal(t["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"],
-                                  np.asarray(model.model.embed_tokens.mask_vector[...])[None])
-    assert len(t) == 2 * (4 * 2 + 1) + 1 and all(v.dtype == np.float32 for v in t.values())
+    prefix = "base_model.model.model.layers.1.self_attn.q_proj"
+    np.testing.assert_array_equal(t[f"{prefix}.lora_A.weight"], getattr(q, f"lora_{head}_a")[...])   # [r, in]
+    np.testing.assert_array_equal(t[f"{prefix}.lora_B.weight"], getattr(q, f"lora_{head}_b")[...])   # [out, r]
+    assert t["base_model.model.lm_head.lora_A.weight"].shape == (r, 64)
+    assert t["base_model.model.lm_head.lora_B.weight"].shape == (320, r)
+    assert all(v.dtype == np.float32 for v in t.values())
+    lora = {k for k in t if k.endswith((".lora_A.weight", ".lora_B.weight"))}
+    assert len(lora) == 2 * (4 * 2 + 1)
+    if head == "ar":   # clean-text head: plain LoRA keys only, as vLLM requires
+        assert lora == set(t)
+    else:
+        row = t.pop("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta")
+        np.testing.assert_array_equal(row, np.asarray(model.model.embed_tokens.mask_vector[...])[None])
+        assert lora == set(t)
 
 
 @pytest.mark.parametrize("head,source", [("ar", "jd"), ("diffusion", "hf")])
@@ -143,7 +153,7 @@ def test_merged_export_reproduces_jaxdiff_logits(dense, tmp_path, head, source):
     v = "model.layers.0.self_attn.v_proj.weight"
     assert not np.array_equal(dst.array(v), src.array(v))
     np.testing.assert_array_equal(dst.array("model.norm.weight"), src.array("model.norm.weight"))
-    _check(model, head, _hf_logits(_hf(out["out_dir"]), _tokens(), MODES[head]), dense["hf"])
+    _check(model, head, _hf_logits(_hf(out["out_dir"]), _tokens(head), MODES[head]), dense["hf"])
 
 
 def test_out_dir_is_refused_without_overwrite_and_nothing_is_left(dense, tmp_path):
@@ -157,7 +167,7 @@ def test_out_dir_is_refused_without_overwrite_and_nothing_is_left(dense, tmp_pat
     fp8 = make_fp8_checkpoint(dense["hf"], str(tmp_path / "fp8"))
     with pytest.raises(CheckpointError, match="block-FP8"):   # merging would round the adapter away
         export_merged(model, "ar", fp8, str(tmp_path / "y"))
-    assert export_peft(model, "ar", dense["hf"], str(out), overwrite=True)["tensors"] == 19
+    assert export_peft(model, "ar", dense["hf"], str(out), overwrite=True)["tensors"] == 18
     assert sorted(os.listdir(tmp_path)) == ["fp8", "x"]
 
 
@@ -197,7 +207,7 @@ def test_expert_adapters_in_the_per_expert_layout(moe, tmp_path):
 def test_merged_expert_adapters_reproduce_jaxdiff_logits(moe, tmp_path):
     hf, model = moe
     out = export_merged(model, "diffusion", hf, str(tmp_path / "merged"))
-    _check(model, "diffusion", _hf_logits(_hf(out["out_dir"]), _tokens(), "bidirectional"), hf)
+    _check(model, "diffusion", _hf_logits(_hf(out["out_dir"]), _tokens("diffusion"), "bidirectional"), hf)
 
 
 # ----------------------------------------------------------------------------- the tool
