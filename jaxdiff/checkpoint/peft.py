@@ -10,7 +10,7 @@ PEFT's scale is lora_alpha / r (use_rslora false), so `lora_alpha = scale * r`.
       base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.weight          [out, r]
       base_model.model.lm_head.lora_A.weight                                    [r, D]
       base_model.model.model.layers.{i}.mlp.experts.{e}.gate_proj.lora_A.weight [r, D]  (per expert, as vLLM loads)
-      base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta  [1, D]  (the <|mask|> row)
+      base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta  [1, D]  (<|mask|> row, diffusion)
 
 The `<|mask|>` row ships with the diffusion head, always (`trainable_token_indices: {"embed_tokens":
 [id]}`): when it was trained it is the `MaskEmbedding` variable; when not, it is still not the base

@@ -240,7 +240,7 @@ def workdir(dense, tmp_path_factory):
     tk.train_bpe([f"def f{i}(x): return x + {i}" for i in range(200)], 300, str(root / "tok"))
     c = get_config()
     c.model.checkpoint, c.tokenizer.path, c.mask_token.trainable = dense["jd"], str(root / "tok"), True
-    c.length_head.hidden = 8
+    c.lora.diffusion.rank, c.lora.diffusion.alpha = 4, 8.0   # the shapes of SPECS["ar"]: compiled already
     model = builder.build_model_from_config(c, builder.tokenizer_for(c, None))
     _randomize(model, seed=1)
     _save_workdir(root / "run", c, builder.split(model)[2])
