@@ -162,15 +162,18 @@ def build_model_from_config(c, tokenizer, *, mesh=None) -> model_lib.Qwen3:
     return model
 
 
-def abstract_model_from_config(c, mcfg: ModelConfig, dtype, *, options: ModelOptions = ModelOptions()):
-    """`build_model_from_config`'s model for a given architecture, with ShapeDtypeStruct leaves (no
-    memory): what the memory planner measures. The mask token takes the last embedding row."""
-    def build():
-        m = model_lib.Qwen3(mcfg, dtype=dtype, options=options, rngs=nnx.Rngs(params=0))
-        attach_heads(m, c, mask_token_id=mcfg.vocab_size - 1, seed=0)
-        return m
+def model_for_architecture(c, mcfg: ModelConfig, dtype, *, options: ModelOptions = ModelOptions()):
+    """`build_model_from_config`'s model for a given architecture, randomly initialised, without
+    reading a checkpoint or a tokenizer (the mask token takes the last embedding row): what the
+    memory planner measures (abstractly, with `abstract_model_from_config`) and its tests build."""
+    m = model_lib.Qwen3(mcfg, dtype=dtype, options=options, rngs=nnx.Rngs(params=0))
+    attach_heads(m, c, mask_token_id=mcfg.vocab_size - 1, seed=0)
+    return m
 
-    return nnx.eval_shape(build)
+
+def abstract_model_from_config(c, mcfg: ModelConfig, dtype, *, options: ModelOptions = ModelOptions()):
+    """`model_for_architecture` with ShapeDtypeStruct leaves: no memory, no compute."""
+    return nnx.eval_shape(lambda: model_for_architecture(c, mcfg, dtype, options=options))
 
 
 def split(model, *, full_training: bool = False):

@@ -51,7 +51,7 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     f32 = lambda x, w: jnp.einsum("ND,VD->NV", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
 
     def body(carry, xs):
-        m, s, total, target_logit, best, best_idx = carry
+        m, s, total, best, best_idx = carry
         wc, bc, c = xs
         logits = project(h, wc, None if lora is None else lora.replace(b=bc), matmul=f32).astype(jnp.float32)
         ids = c * chunk + jnp.arange(chunk)
@@ -61,17 +61,25 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
         new_m = jnp.maximum(m, cm)
         s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
         total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
-        target_logit = target_logit + jnp.sum(jnp.where(ids[None] == targets[:, None], logits, 0.0), axis=-1)
         arg = jnp.argmax(logits_m, axis=-1)
         better = cm > best
         best_idx = jnp.where(better, c * chunk + arg, best_idx)
-        return (new_m, s, total, target_logit, jnp.maximum(best, cm), best_idx), None
+        return (new_m, s, total, jnp.maximum(best, cm), best_idx), None
 
     n = h.shape[0]
-    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
+    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
             jnp.zeros((n,), jnp.int32))
-    (m, s, total, target_logit, _, best_idx), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
+    (m, s, total, _, best_idx), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
     lse = m + jnp.log(s)
+    # The target's logit from its own head row (a gather, not a [N, V] select kept for the backward),
+    # through the same unmerged apply: per-row weights [N, 1, D] / adapter rows [N, 1, r].
+    def rowwise(x, w):
+        if w.ndim == 2:
+            return f32(x, w)
+        return jnp.einsum("ND,NFD->NF", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+
+    target_lora = None if lora is None else lora.replace(b=lora.b[targets][:, None, :])
+    target_logit = project(h, head_w[targets][:, None, :], target_lora, matmul=rowwise)[:, 0].astype(jnp.float32)
     return TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
 
 

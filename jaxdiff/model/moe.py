@@ -60,13 +60,6 @@ def _tile_plan(group_sizes: jax.Array, num_rows: int, tile: int):
     return dest, jnp.minimum(tile_expert, e - 1), n_tiles
 
 
-def _tiled(xs, w, plan, tile):
-    dest, tile_expert, n_tiles = plan
-    xp = jnp.zeros((n_tiles * tile, xs.shape[1]), xs.dtype).at[dest].set(xs)
-    y = jnp.einsum("ZRD,ZFD->ZRF", xp.reshape(n_tiles, tile, -1), w[tile_expert].astype(xs.dtype))
-    return y.reshape(n_tiles * tile, -1)[dest]
-
-
 def _tile_size(rows: int, experts: int) -> int:
     per = max(rows // experts, 1)
     t = 8
@@ -75,24 +68,24 @@ def _tile_size(rows: int, experts: int) -> int:
     return t
 
 
-def grouped_matmul(xs: jax.Array, group_sizes: jax.Array, impl: str):
-    """The matmul of rows sorted by expert against per-expert weights [E, out, in], for
-    `lora.project`: (xs [A, in], w [E, out, in]) -> [A, out]."""
+def grouped_swiglu(xs, gate, up, down, group_sizes, impl: str):
+    """SwiGLU expert FFN on rows sorted by expert: xs [A, D] -> [A, D]. gate/up/down are (weights
+    [E, F, D] or [E, D, F], LoRAWeights or None), each applied by `lora.project` with the grouped
+    matmul of `impl`. The tiled path pads the rows into per-expert tiles once and stays in that
+    layout through all three projections (padded rows are zero and stay zero)."""
     if impl == "ragged":
-        return lambda x, w: _ragged(x, w, group_sizes)
+        mm = lambda x, w: _ragged(x, w, group_sizes)
+        h = jax.nn.silu(lora.project(xs, *gate, matmul=mm)) * lora.project(xs, *up, matmul=mm)
+        return lora.project(h, *down, matmul=mm)
     if impl != "tiled":
         raise ValueError(f"MoE grouped impl {impl!r} unknown; choose from {GROUPED_IMPLS}")
     tile = _tile_size(xs.shape[0], group_sizes.shape[0])
-    plan = _tile_plan(group_sizes, xs.shape[0], tile)
-    return lambda x, w: _tiled(x, w, plan, tile)
-
-
-def grouped_swiglu(xs, gate, up, down, group_sizes, impl: str):
-    """SwiGLU expert FFN on rows sorted by expert: xs [A, D] -> [A, D]. gate/up/down are (weights
-    [E, F, D] or [E, D, F], LoRAWeights or None)."""
-    mm = grouped_matmul(xs, group_sizes, impl)
-    h = jax.nn.silu(lora.project(xs, *gate, matmul=mm)) * lora.project(xs, *up, matmul=mm)
-    return lora.project(h, *down, matmul=mm)
+    dest, tile_expert, n_tiles = _tile_plan(group_sizes, xs.shape[0], tile)
+    xp = jnp.zeros((n_tiles * tile, xs.shape[1]), xs.dtype).at[dest].set(xs).reshape(n_tiles, tile, -1)
+    mm = lambda x, w: jnp.einsum("ZRD,ZFD->ZRF", x, w[tile_expert].astype(x.dtype))   # [Z, tile, out]
+    h = jax.nn.silu(lora.project(xp, *gate, matmul=mm)) * lora.project(xp, *up, matmul=mm)
+    y = lora.project(h, *down, matmul=mm)
+    return y.reshape(n_tiles * tile, -1)[dest]
 
 
 def dense_reference_moe(x, router_w, gate_w, up_w, down_w, top_k, norm_topk_prob, loras=(None, None, None)):

@@ -193,19 +193,24 @@ def json_dtype(cfg: ModelConfig) -> jnp.dtype:
 active_heads = schema.active_heads   # which forward passes a train step runs
 
 
-def build_train_model(c, mcfg: ModelConfig, dtype, remat: str | None = None) -> Qwen3:
-    """The abstract model the trainer builds for `c` (the builder's), with `remat` (one of REMAT;
-    None: the config's) setting activation checkpointing."""
+def _options(c, remat: str | None):
     options = builder.model_options(c)
     if remat is not None:
         options = options.replace(remat=remat != "none", remat_policy="dots" if remat == "dots" else "full")
-    return builder.abstract_model_from_config(c, mcfg, dtype, options=options)
+    return options
+
+
+def build_train_model(c, mcfg: ModelConfig, dtype, remat: str | None = None) -> Qwen3:
+    """The model the trainer builds for `c` (the builder's), randomly initialised, with `remat`
+    (one of REMAT; None: the config's) setting activation checkpointing."""
+    return builder.model_for_architecture(c, mcfg, dtype, options=_options(c, remat))
 
 
 def abstract_train_state(c, mcfg: ModelConfig, dtype, remat: str | None = None):
-    """(graphdef, frozen, trainable) of `build_train_model` with ShapeDtypeStruct leaves, split
-    the way the trainer splits it."""
-    return st.split(build_train_model(c, mcfg, dtype, remat), full_training=c.lora.full_training)
+    """(graphdef, frozen, trainable) of `build_train_model` with ShapeDtypeStruct leaves (no
+    memory), split the way the trainer splits it."""
+    abstract = builder.abstract_model_from_config(c, mcfg, dtype, options=_options(c, remat))
+    return st.split(abstract, full_training=c.lora.full_training)
 
 
 # ----------------------------------------------------------------------------- activations
