@@ -27,12 +27,12 @@ def get_config(arg=None):
     c.data.path = "runs/synthetic_train.jsonl"  # python -m jaxdiff.eval.export_sft --suite synthetic-train
     c.data.seq_len = 224                      # longest prompt 186 tokens + the 32-token answer window
     c.data.answer_length = 32                 # answers (<= 27 tokens) padded with EOS to the sampler's gen_length
-    c.data.batch_size = 16
+    c.data.batch_size = 8
     c.data.eval_permille = 50
     c.objective.sft = True
     c.objective.diffusion_weight = 1.0
     c.optimizer.lr = 1e-3
-    c.optimizer.warmup_steps = 20
+    c.optimizer.warmup_steps = 10
     c.optimizer.total_steps = 300
     c.optimizer.weight_decay = 0.01
     c.train.steps = 300

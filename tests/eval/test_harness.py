@@ -97,3 +97,13 @@ def test_bad_input_names_the_field(tmp_path):
         harness.run(_config(n_samples=4, out_dir=str(tmp_path)))
     with pytest.raises(harness.EvalConfigError, match=r"config\.prompt_format"):
         harness.run(_config(prompt_format="fim", out_dir=str(tmp_path)))
+
+
+def test_aup_as_d3llm_defines_it():
+    from tools.sweep_eval import aup, weight
+    assert aup([1.0], [50.0]) == 50.0                                  # one point at the best accuracy: rho * y
+    # a second point 2 below the best, at twice the parallelism: trapezoid with the weighted accuracy
+    w = weight(48.0, 50.0)
+    assert abs(aup([1.0, 2.0], [50.0, 48.0]) - (50.0 + (50.0 + 48.0 * w) / 2)) < 1e-9
+    assert aup([1.0, 2.0, 3.0], [50.0, 48.0, 40.0]) == aup([1.0, 2.0], [50.0, 48.0])   # > 5 below: dropped
+    assert weight(50.0, 50.0) == 1.0 and weight(40.0, 50.0) < weight(45.0, 50.0) < 1.0
