@@ -5,7 +5,7 @@
         --caches none,dual --out docs/sweep_sft_synthetic
 
 Every grid point is one `jaxdiff.eval.harness.run` (greedy, the same tasks, the model loaded once;
-its files go to <out>_runs/, so a rerun resumes). Points: low_confidence with each `--steps` and
+its files go to --runs_dir, default runs/sweep_runs/<out name>/, so a rerun resumes). Points: low_confidence with each `--steps` and
 each threshold policy (which ignores steps: a block runs until it is full), times each block length
 and cache. Writes <out>.csv (one row per point: settings, pass@1, tokens/s, tokens per forward,
 forward passes), <out>.json (the rows and AUP) and, with matplotlib installed, <out>.png (pass@1
@@ -81,6 +81,7 @@ def main(argv=None) -> int:
     p.add_argument("--pad_bucket", type=int, default=64)
     p.add_argument("--y_max", type=float, default=None, help="AUP's best accuracy (percent); default: this sweep's")
     p.add_argument("--out", required=True, help="path prefix of the .csv/.json/.png")
+    p.add_argument("--runs_dir", default="", help="the harness files of each point (default runs/sweep_runs/<out name>)")
     a = p.parse_args(argv)
 
     from jaxdiff.config import load_config_file
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     base = load_config_file(os.path.join(root, "configs", "eval.py"))
     base.checkpoint, base.suite, base.limit, base.gen_length = a.checkpoint, a.suite, a.limit, a.gen_length
     base.attention, base.batch_size, base.pad_bucket, base.tensorboard = a.attention, a.batch_size, a.pad_bucket, False
-    base.out_dir = a.out + "_runs"
+    base.out_dir = a.runs_dir or os.path.join("runs", "sweep_runs", os.path.basename(a.out))
     try:
         model, tok = harness.load_model(base)
         harness.load_tasks(base)
