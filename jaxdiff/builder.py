@@ -3,8 +3,10 @@ heads and tokenizer. The trainer, the sampler's loader, the memory planner and `
 all build through here, so they cannot drift apart.
 
     build_model_from_config(c, tokenizer)   the model a run of config `c` trains: base (from
-                                            model.checkpoint, or a from-scratch shape), mask token,
-                                            the LoRA heads its objective uses, the length head
+                                            model.checkpoint: a checkpoint folder or the trained
+                                            model of a full-training workdir; or a from-scratch
+                                            shape), mask token, the LoRA heads its objective uses,
+                                            the length head
     load_base(path, ...)                    an HF folder or converted checkpoint, as stored
     load_workdir(workdir, step)             (model, tokenizer, config) of a training run
 """
@@ -64,6 +66,8 @@ def tokenizer_for(c, workdir: str | None):
 
     if c.tokenizer.path:
         return tok_lib.load_tokenizer(c.tokenizer.path)
+    if c.model.checkpoint and _is_workdir(c.model.checkpoint):   # the tokenizer that run trained with
+        return tokenizer_for(saved_run_config(c.model.checkpoint), os.path.abspath(c.model.checkpoint))
     if c.model.checkpoint:
         return tok_lib.load_tokenizer(c.model.checkpoint)
     if workdir is None:
@@ -129,10 +133,14 @@ def load_base(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
 # ----------------------------------------------------------------------------- a run's model
 def attach_heads(model, c, tokenizer=None, *, mask_token_id: int | None = None, seed: int | None = None) -> None:
     """The parts a run adds to its base: the mask token (at the tokenizer's `<|mask|>`, or
-    `mask_token_id`), the LoRA heads its objective trains (none in full training), the length
-    head. Structural, done once before the model is used."""
+    `mask_token_id`; a base that already has a trained one, i.e. a workdir's model, keeps it), the
+    LoRA heads its objective trains (none in full training), the length head. Structural, done
+    once before the model is used."""
     seed = c.seed if seed is None else seed
-    add_mask_token(model, tokenizer=tokenizer, mask_token_id=mask_token_id, trainable=c.mask_token.trainable)
+    if model.config.mask_token_id is None:
+        add_mask_token(model, tokenizer=tokenizer, mask_token_id=mask_token_id, trainable=c.mask_token.trainable)
+    elif tokenizer is not None:
+        _check_mask_token(model, tokenizer)
     if not c.lora.full_training:
         for h, on in schema.active_heads(c).items():
             if on:
@@ -148,7 +156,9 @@ def build_model_from_config(c, tokenizer, *, mesh=None) -> model_lib.Qwen3:
 
     options = model_options(c, mesh)
     with use_mesh(mesh):
-        if c.model.checkpoint:
+        if c.model.checkpoint and _is_workdir(c.model.checkpoint):
+            model = _trained_model_of(c.model.checkpoint, c, mesh)
+        elif c.model.checkpoint:
             model = load_base(c.model.checkpoint, dtype=c.model.dtype or None, mesh=mesh, options=options,
                               eos_token_id=tokenizer.eos_token_id)
         else:
@@ -159,6 +169,49 @@ def build_model_from_config(c, tokenizer, *, mesh=None) -> model_lib.Qwen3:
         attach_heads(model, c, tokenizer)
         if mesh is not None:
             model_lib.place(model, mesh)
+    return model
+
+
+def _is_workdir(path: str) -> bool:
+    from jaxdiff.checkpoint.workdir import is_workdir
+    return is_workdir(path)
+
+
+def saved_run_config(workdir: str, step: int | None = None):
+    """The run config saved with `workdir`'s checkpoint `step` (default: the newest)."""
+    from jaxdiff.checkpoint import workdir as wd
+
+    mgr = wd.manager(os.path.abspath(workdir), items=("meta",))
+    try:
+        return with_defaults(wd.saved_config(mgr, wd.pick_step(mgr, step)))
+    finally:
+        mgr.close()
+
+
+def _check_mask_token(model, tokenizer) -> None:
+    """A base with a trained mask token and a tokenizer: `<|mask|>` must name that row."""
+    from jaxdiff.model.mask_token import MASK_TOKEN
+
+    if MASK_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [MASK_TOKEN]})
+    tid = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    if tid != model.config.mask_token_id:
+        raise ValueError(f"the tokenizer's {MASK_TOKEN} is id {tid} but the model's mask token is row "
+                         f"{model.config.mask_token_id}")
+
+
+def _trained_model_of(workdir: str, c, mesh):
+    """config.model.checkpoint is a training workdir: the model its newest checkpoint holds. Only a
+    full-training run qualifies (its checkpoint is every weight, mask row included); a LoRA run's
+    adapters would need merging first. Computes with `c`'s model options (attention, remat, MoE)."""
+    saved = saved_run_config(workdir)
+    if not saved.lora.full_training:
+        raise schema.ConfigValueError(
+            f"config.model.checkpoint={workdir!r} is the workdir of an adapter (LoRA) run; starting from a "
+            "workdir needs a full-training run (lora.full_training=True) -- export/convert a LoRA run first")
+    for k in ("attention_impl", "remat", "remat_policy", "moe_dispatch", "moe_capacity_factor"):
+        saved.model[k] = c.model[k]
+    model, _, _ = load_workdir(workdir, mesh=mesh, config=saved)
     return model
 
 
@@ -190,10 +243,11 @@ def split(model, *, full_training: bool = False):
     return graphdef, frozen, trainable
 
 
-def load_workdir(workdir: str, step: int | None = None, *, mesh=None):
+def load_workdir(workdir: str, step: int | None = None, *, mesh=None, config=None):
     """(model, tokenizer, config) of a training run: the config saved with the checkpoint rebuilds
     the model (base from model.checkpoint, or the from-scratch shape) and the trained tree of
-    `step` (default: the newest) is restored into it. One device unless `mesh` is given."""
+    `step` (default: the newest) is restored into it. One device unless `mesh` is given.
+    `config`: the saved config, already read (and possibly with other model options)."""
     import orbax.checkpoint as ocp
 
     from jaxdiff.checkpoint import workdir as wd
@@ -202,7 +256,7 @@ def load_workdir(workdir: str, step: int | None = None, *, mesh=None):
     mgr = wd.manager(workdir, items=("trainable", "meta"))
     try:
         step = wd.pick_step(mgr, step)
-        c = with_defaults(wd.saved_config(mgr, step))
+        c = with_defaults(wd.saved_config(mgr, step)) if config is None else config
         tokenizer = tokenizer_for(c, workdir)
         model = build_model_from_config(c, tokenizer, mesh=mesh)
         _, _, trainable = split(model, full_training=c.lora.full_training)

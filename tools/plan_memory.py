@@ -54,15 +54,10 @@ def workdir_config(workdir: str):
     vocabulary is its tokenizer's."""
     from jaxdiff import builder
     from jaxdiff.checkpoint import workdir as wd
-    from jaxdiff.config import with_defaults
 
     if not wd.is_workdir(workdir):
         raise FileNotFoundError(f"--workdir={workdir}: not a training workdir (no checkpoints/ folder)")
-    mgr = wd.manager(workdir, items=("meta",))
-    try:
-        c = with_defaults(wd.saved_config(mgr, wd.pick_step(mgr, None)))
-    finally:
-        mgr.close()
+    c = builder.saved_run_config(workdir)
     if not c.model.checkpoint:
         c.tokenizer.vocab_size = len(builder.tokenizer_for(c, workdir))
     return c

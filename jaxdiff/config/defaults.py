@@ -51,7 +51,8 @@ def get_config() -> ml_collections.ConfigDict:
         name="adamw", lr=1e-4, warmup_steps=100, total_steps=10000, decay="cosine", end_lr_ratio=0.1, b1=0.9,
         b2=0.95, eps=1e-8, weight_decay=0.0, clip_norm=1.0, grad_accum=1))
     c.data = ml_collections.ConfigDict(dict(kind="code", path="", text_field="", seq_len=256, batch_size=8,
-                                            eval_permille=20, seed=0, shuffle_window=1024))
+                                            eval_permille=20, seed=0, shuffle_window=1024,
+                                            answer_length=0))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, expert=1, tensor=1))
     c.train = ml_collections.ConfigDict(dict(
         steps=1000, log_every=10, eval_every=200, eval_batches=8, checkpoint_every=200, keep=3,

@@ -22,6 +22,8 @@ class DataConfig:
     batch_size: int = 8           # global, over all processes
     eval_permille: int = 20       # documents held out (by name hash)
     seed: int = 0
+    answer_length: int = 0        # sft: >0 pads each answer with EOS to this many tokens, in the loss (the
+                                  # fixed gen_length a diffusion sampler then fills); 0: answer + EOS only
     shuffle_window: int = 1024    # packed rows shuffled together (rows of one long file would
                                   # otherwise fill whole batches)
 
@@ -80,17 +82,28 @@ def local_batch_size(global_batch: int, process_count: int) -> int:
     return global_batch // process_count
 
 
-def sft_rows(conversations: list, tokenizer, seq_len: int) -> list[dict]:
-    """One row per conversation: the chat template applied, prompt = everything before the final
-    assistant answer (including the assistant header), answer truncated to fit seq_len."""
+def sft_rows(examples: list, tokenizer, seq_len: int, answer_length: int = 0) -> list[dict]:
+    """One row per example, answer truncated to fit seq_len. A conversation (list of messages): the
+    chat template applied, prompt = everything before the final assistant answer (including the
+    assistant header). A raw pair {"prompt", "answer"}: the prompt's tokens, then the answer's
+    (tokenized on its own, as a sampler continuing the prompt's tokens sees it) and EOS.
+    answer_length > 0: the answer is padded with EOS to that many tokens and the padding is part of
+    the answer (trained, as LLaDA's SFT does), so a fixed-length sampler learns to end with EOS."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
     rows = []
-    for msgs in conversations:
-        prompt = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=True)
-        full = tokenizer.apply_chat_template(msgs, tokenize=True)
-        prompt, full = list(_ids(prompt)), list(_ids(full))
-        if full[:len(prompt)] != prompt:
-            raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+    for ex in examples:
+        if isinstance(ex, dict):
+            prompt = list(_ids(tokenizer(ex["prompt"], add_special_tokens=False)))
+            full = prompt + list(_ids(tokenizer(ex["answer"], add_special_tokens=False))) + [eos]
+        else:
+            prompt = tokenizer.apply_chat_template(ex[:-1], add_generation_prompt=True, tokenize=True)
+            full = tokenizer.apply_chat_template(ex, tokenize=True)
+            prompt, full = list(_ids(prompt)), list(_ids(full))
+            if full[:len(prompt)] != prompt:
+                raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+        if answer_length > 0 and len(full) < len(prompt) + answer_length:
+            full = full + [eos] * (len(prompt) + answer_length - len(full))
         full = full[:seq_len]
         plen = min(len(prompt), seq_len)
         tokens = np.full(seq_len, pad, np.int32)

@@ -178,6 +178,33 @@ def parse_conversation(row: dict) -> list[dict[str, str]]:
     return msgs
 
 
+def parse_sft_row(row: dict):
+    """A conversation (see parse_conversation) as its messages, or a raw completion pair
+    {"prompt": str, "answer": str} (no chat template: the answer continues the prompt's text) as
+    {"prompt", "answer"}. Raises ValueError naming what is wrong."""
+    if "prompt" in row or "answer" in row:
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("answer"), str):
+            raise ValueError("fields 'prompt' and 'answer' must both be strings")
+        if not row["answer"]:
+            raise ValueError("field 'answer' is empty")
+        return {"prompt": row["prompt"], "answer": row["answer"]}
+    return parse_conversation(row)
+
+
+def sft_examples(path: str) -> tuple[list, RowReport]:
+    """The SFT file's rows: each a conversation (a list of messages) or a raw {"prompt", "answer"}."""
+    report = RowReport(path)
+    out = []
+    for i, row in _jsonl_rows(path, report):
+        try:
+            out.append(parse_sft_row(row))
+        except ValueError as e:
+            report.add(i, str(e))
+    if not out:
+        raise DataError(f"{path}: no usable SFT rows" + (f" ({report.bad} malformed)" if report.bad else ""))
+    return out, report
+
+
 def conversations(path: str) -> tuple[list[list[dict[str, str]]], RowReport]:
     report = RowReport(path)
     out = []

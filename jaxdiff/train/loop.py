@@ -57,10 +57,10 @@ def _data(c, tokenizer):
     dcfg = pipeline.DataConfig(**dict(c.data))
     pi, pc = jax.process_index(), jax.process_count()
     if c.data.kind == "sft":
-        convs, report = sources.conversations(c.data.path)
-        log.warning(report.summary(len(convs) + report.bad))
-        held = [sources.is_heldout(str(i), dcfg.eval_permille) for i in range(len(convs))]
-        rows = pipeline.sft_rows(convs, tokenizer, dcfg.seq_len)
+        examples, report = sources.sft_examples(c.data.path)
+        log.warning(report.summary(len(examples) + report.bad))
+        held = [sources.is_heldout(str(i), dcfg.eval_permille) for i in range(len(examples))]
+        rows = pipeline.sft_rows(examples, tokenizer, dcfg.seq_len, dcfg.answer_length)
         train = pipeline.sft_dataset([r for r, h in zip(rows, held) if not h], dcfg, train=True,
                                      process_index=pi, process_count=pc)
         evals = pipeline.sft_dataset([r for r, h in zip(rows, held) if h] or rows[:1], dcfg, train=False,

@@ -116,6 +116,31 @@ def test_both_sft_formats_give_the_same_rows_and_exact_prompt_lengths(tokenizer,
     assert tokenizer.decode(r["tokens"][int(r["prompt_lengths"]):n]) == "3<|im_end|>\n"
 
 
+def test_raw_prompt_answer_rows_with_the_answer_padded_by_eos(tokenizer, tmp_path):
+    """{"prompt", "answer"} rows (python -m jaxdiff.eval.export_sft): no chat template, the prompt's
+    tokens then the answer's (tokenized on its own, as the sampler continues a prompt) and EOS; with
+    answer_length the answer is EOS-padded to that many tokens, in the loss (valid)."""
+    conv = {"messages": [{"role": "user", "content": "add 1 and 2"}, {"role": "assistant", "content": "3"}]}
+    pair = {"id": "t/1", "prompt": "def f(x):\n", "answer": "    return x + 1\n"}
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join([json.dumps(pair), json.dumps(conv), '{"prompt": "x"}', '{"prompt": "x", "answer": ""}']))
+    examples, report = sources.sft_examples(str(path))
+    assert examples[0] == {"prompt": pair["prompt"], "answer": pair["answer"]} and isinstance(examples[1], list)
+    assert report.bad == 2
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
+    prompt, answer, eos = enc(pair["prompt"]), enc(pair["answer"]), tokenizer.eos_token_id
+    r = pipeline.sft_rows(examples[:1], tokenizer, seq_len=48)[0]
+    n = len(prompt) + len(answer) + 1
+    assert int(r["prompt_lengths"]) == len(prompt)
+    assert r["tokens"][:n].tolist() == prompt + answer + [eos] and r["valid"].tolist() == [True] * n + [False] * (48 - n)
+    r = pipeline.sft_rows(examples, tokenizer, seq_len=48, answer_length=16)
+    m = len(prompt) + 16
+    assert r[0]["tokens"][:m].tolist() == prompt + answer + [eos] * (16 - len(answer))
+    assert r[0]["valid"].tolist() == [True] * m + [False] * (48 - m)
+    plen = int(r[1]["prompt_lengths"])   # a conversation row is padded the same way
+    assert r[1]["valid"].sum() == plen + 16 and r[1]["tokens"][plen + 15] == eos
+
+
 def test_train_tokenizer_tool(tmp_path, capsys):
     from tools import train_tokenizer
     src = tmp_path / "src"

@@ -1,0 +1,59 @@
+"""SFT of the main job's tiny coder on the synthetic Python family's training split (raw completion
+rows: the task's prompt, then its reference body and EOS; the prompt is never noised).
+
+    python -m jaxdiff.eval.export_sft --suite synthetic-train --out runs/synthetic_train.jsonl
+    python launch/train.py --config configs/tiny_coder.py --config.workdir=runs/tiny_coder      # first
+    python launch/train.py --config configs/sft_synthetic.py --config.workdir=runs/sft_synthetic
+    python launch/eval.py --config configs/eval.py --config.checkpoint=runs/sft_synthetic \
+        --config.suite=synthetic-heldout-constants
+
+`model.checkpoint` is the pre-training run's workdir: its trained model (every weight, mask row
+included) and its tokenizer are the starting point, and every weight keeps training.
+`configs/sft_synthetic.py:runlocal` is a seconds-long variant on `tiny_coder.py:runlocal`'s workdir.
+"""
+from jaxdiff.config import defaults as base
+
+
+def get_config(arg=None):
+    if arg == "runlocal":
+        return get_runlocal_config()
+    if arg:
+        raise ValueError(f"configs/sft_synthetic.py: unknown variant {arg!r} (known: runlocal)")
+    c = base.get_config()
+    c.workdir = "runs/sft_synthetic"
+    c.model.checkpoint = "runs/tiny_coder"    # a full-training workdir: start from its trained model
+    c.lora.full_training = True
+    c.data.kind = "sft"
+    c.data.path = "runs/synthetic_train.jsonl"  # python -m jaxdiff.eval.export_sft --suite synthetic-train
+    c.data.seq_len = 224                      # longest prompt 186 tokens + the 32-token answer window
+    c.data.answer_length = 32                 # answers (<= 27 tokens) padded with EOS to the sampler's gen_length
+    c.data.batch_size = 8
+    c.data.eval_permille = 50
+    c.objective.sft = True
+    c.objective.diffusion_weight = 1.0
+    c.optimizer.lr = 1e-3
+    c.optimizer.warmup_steps = 10
+    c.optimizer.total_steps = 300
+    c.optimizer.weight_decay = 0.01
+    c.train.steps = 300
+    c.train.log_every = 10
+    c.train.eval_every = 100
+    c.train.eval_batches = 4
+    c.train.checkpoint_every = 100
+    c.sample.prompt = 'def add_7(x):\n    """Return x plus 7.\n    >>> add_7(1)\n    8\n    """\n'
+    c.sample.gen_length = 32
+    c.sample.block_length = 32
+    c.sample.steps = 32
+    return c
+
+
+def get_runlocal_config():
+    """Seconds long: from `configs/tiny_coder.py:runlocal`'s workdir (runs/tiny_coder_runlocal)."""
+    c = get_config(None)
+    c.workdir = "runs/sft_synthetic_runlocal"
+    c.model.checkpoint = "runs/tiny_coder_runlocal"
+    c.data.batch_size = 4
+    c.train.steps, c.train.eval_every, c.train.checkpoint_every, c.train.eval_batches = 4, 2, 2, 1
+    c.optimizer.total_steps, c.optimizer.warmup_steps = 4, 1
+    c.sample.gen_length, c.sample.block_length, c.sample.steps = 8, 8, 8
+    return c

