@@ -16,13 +16,16 @@ from jaxdiff.eval import load_suite
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_workdir(path, *, full_training: bool = True, scale: float = 1.5) -> str:
+def make_workdir(path, *, full_training: bool = True, scale: float = 1.5, length_head: bool = False) -> str:
     """A full-training workdir at `path` (step 0) whose every weight is the fresh init times
-    `scale` (so a model rebuilt from the config alone differs from the saved one)."""
+    `scale` (so a model rebuilt from the config alone differs from the saved one); with
+    `length_head`, a run that trains the length head (edges 4, 8, 16)."""
     path = os.fspath(path)
     c = load_config_file(os.path.join(ROOT, "configs", "tiny_coder.py:runlocal"))
     c.workdir = path
     c.tokenizer.vocab_size = 320
+    if length_head:
+        c.objective.length_weight, c.length_head.edges, c.length_head.hidden = 0.1, "4,8,16", 16
     texts = [t.prompt + (t.reference or "") for t in load_suite("synthetic-train")[:300]]
     tok = tok_lib.train_bpe(texts, c.tokenizer.vocab_size, os.path.join(path, "tokenizer"))
     model = builder.build_model_from_config(c, tok)

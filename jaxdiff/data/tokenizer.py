@@ -7,6 +7,10 @@ from collections.abc import Iterable
 
 EOS, PAD, MASK, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|mask|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (EOS, PAD, MASK, IM_START, IM_END)
+# Qwen2/Qwen3's pre-tokenizer split (their tokenizer.json): every digit is its own piece, so "36" in
+# `add_36` and in `return x + 36` are the same two tokens and copying a number is copying tokens.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 # ChatML, as Qwen uses it.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -14,12 +18,15 @@ CHAT_TEMPLATE = (
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: str):
-    """Trains a byte-level BPE on `texts` and saves it (HF format) to out_dir; returns it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Trains a byte-level BPE with Qwen's pre-tokenizer on `texts` and saves it (HF format) to
+    out_dir; returns it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([   # as Qwen's: split, then map bytes (no second regex)
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -36,7 +36,7 @@ from jaxdiff.eval.tasks import Task
 log = logging.getLogger("jaxdiff.eval")
 
 PROMPT_FORMATS = ("raw", "chat")
-INFILL_LENGTHS = ("true",)   # the span's true length in tokens ("predicted", from a length head: not yet)
+INFILL_LENGTHS = ("true", "predicted")   # the span's true length in tokens | the length head's (cut at EOS)
 
 
 class EvalConfigError(ValueError):
@@ -63,14 +63,14 @@ class Settings:
     lora: str | None = "diffusion"
     sanitize: bool = True
     warmup: bool = True               # run each new batch shape once untimed (tokens/s without compiling)
+    infill_length: str = "true"       # infilling spans: the true length | the length head's prediction
 
 
 def settings_from_config(c) -> Settings:
     if c.prompt_format not in PROMPT_FORMATS:
         raise EvalConfigError(f"config.prompt_format={c.prompt_format!r}: choose from {', '.join(PROMPT_FORMATS)}")
     if c.infill_length not in INFILL_LENGTHS:
-        raise EvalConfigError(f"config.infill_length={c.infill_length!r}: choose from {', '.join(INFILL_LENGTHS)} "
-                              "(a predicted span length needs a length head; not implemented)")
+        raise EvalConfigError(f"config.infill_length={c.infill_length!r}: choose from {', '.join(INFILL_LENGTHS)}")
     for f in ("n_samples", "batch_size", "gen_length", "block_length", "pad_bucket"):
         if getattr(c, f) <= 0:
             raise EvalConfigError(f"config.{f}={getattr(c, f)!r}: must be > 0")
@@ -87,7 +87,7 @@ def settings_from_config(c) -> Settings:
                     temperature=float(c.temperature), attention=c.attention, cache=c.cache, n_samples=c.n_samples,
                     batch_size=c.batch_size, prompt_format=c.prompt_format, pad_bucket=c.pad_bucket,
                     stop_at_eos=bool(c.stop_at_eos), seed=int(c.seed), lora=c.lora or None,
-                    sanitize=bool(c.sanitize), warmup=bool(c.warmup))
+                    sanitize=bool(c.sanitize), warmup=bool(c.warmup), infill_length=c.infill_length)
 
 
 # ----------------------------------------------------------------------------- prompts and decoding
@@ -173,26 +173,36 @@ class Generator:
         return res
 
     def _infill(self, t: Task):
-        """One span at its true length in tokens, between the prompt and the suffix."""
-        from jaxdiff.sample import fill_span
+        """One span between the prompt and the suffix: at its true length in tokens, or at the length
+        head's prediction (at most gen_length) cut at the first EOS the model writes in it."""
+        from jaxdiff.sample import fill_predicted_span, fill_span
 
         s = self.s
         pre = list(self.tok(t.prompt, add_special_tokens=False)["input_ids"])
         suf = list(self.tok(t.suffix, add_special_tokens=False)["input_ids"]) if t.suffix else []
-        span = len(self.tok(t.reference or "", add_special_tokens=False)["input_ids"]) or 1
-        kw = dict(block_length=min(s.block_length, span), policy=s.policy, temperature=s.temperature, lora=s.lora)
-        shape = ("infill", len(pre), span, len(suf))
+        true_span = len(self.tok(t.reference or "", add_special_tokens=False)["input_ids"]) or 1
+        kw = dict(policy=s.policy, temperature=s.temperature, lora=s.lora)
+        if s.infill_length == "predicted":
+            def run():
+                return fill_predicted_span(self.model, pre, suf, eos_id=self.tok.eos_token_id,
+                                           max_length=s.gen_length, block_length=s.block_length, key=self._key(), **kw)
+        else:
+            def run():
+                out, st = fill_span(self.model, pre, suf, true_span, block_length=min(s.block_length, true_span),
+                                    key=self._key(), **kw)
+                return [int(x) for x in np.asarray(out)[0, len(pre):len(pre) + true_span]], dict(st, span_budget=true_span)
+        shape = ("infill", s.infill_length, len(pre), true_span, len(suf))
         if s.warmup and shape not in self.warm:
-            fill_span(self.model, pre, suf, span, key=self._key(), **kw)
+            run()
             self.warm.add(shape)
         t0 = time.perf_counter()
-        out, st = fill_span(self.model, pre, suf, span, key=self._key(), **kw)
+        ids, st = run()
         dt = time.perf_counter() - t0
-        ids = [int(x) for x in np.asarray(out)[0, len(pre):len(pre) + span]]
+        budget = st["span_budget"]
         return (self.tok.decode(ids, skip_special_tokens=True),
-                dict(steps=st["steps"], forward_passes=st["forward_passes"], tokens=span,
-                     tokens_per_s=round(span / max(dt, 1e-9), 2), gen_ms=round(1000 * dt, 2),
-                     batch_ms=round(1000 * dt, 2), batch=1, span_tokens=span))
+                dict(steps=st["steps"], forward_passes=st["forward_passes"], tokens=budget,
+                     tokens_per_s=round(budget / max(dt, 1e-9), 2), gen_ms=round(1000 * dt, 2),
+                     batch_ms=round(1000 * dt, 2), batch=1, span_tokens=budget, true_span_tokens=true_span))
 
 
 # ----------------------------------------------------------------------------- files and resume

@@ -3,7 +3,8 @@
 `infill` fills every mask token of a sequence (any number of spans, anywhere) with the diffusion
 head, bidirectionally: the masked positions, in order, are cut into blocks of block_length, filled
 block after block with the same step schedule and policies as `generate`. Every given token stays
-as it is. `fill_span` is the prefix/suffix form.
+as it is. `fill_span` is the prefix/suffix form;
+`fill_predicted_span` lets the length head choose the span's length.
 
 `scaffold_then_infill` is the pipeline of the seed design: the AR head writes the scaffold (the
 signature, docstring and structure lines) causally with its own KV cache, up to a stop token; then
@@ -19,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from jaxdiff.sample.ar import ar_generate
-from jaxdiff.sample.sampler import SamplerSettings, active_head, as_batch, denoise_block, generate, resolve_mask_id
+from jaxdiff.sample.sampler import (SamplerSettings, _length_from_head, active_head, as_batch, denoise_block, generate,
+                                    resolve_mask_id)
 from jaxdiff.sample.policies import get_policy
 
 
@@ -70,6 +72,33 @@ def fill_span(model, prefix_ids, suffix_ids, span_length: int, **kw):
     """One row: prefix + span_length generated tokens + suffix -> (tokens [1, len], stats dict)."""
     row = list(prefix_ids) + [resolve_mask_id(model, kw.get("mask_id"))] * span_length + list(suffix_ids)
     return infill(model, jnp.asarray([row], jnp.int32), **kw)
+
+
+def predict_span_length(model, prefix_ids, suffix_ids, *, max_length: int | None = None) -> int:
+    """The length head's estimate of the gap between prefix and suffix: the head reads the context
+    (prefix then suffix, the gap removed) the way it reads a prompt, and answers the upper edge of
+    its most likely bucket, capped at max_length. Over-estimates are expected (bucket edges): fill
+    that many masks and cut the span at its first EOS (`fill_predicted_span`)."""
+    if getattr(model, "length_head", None) is None:
+        raise ValueError("a predicted span length needs a model with a length head "
+                         "(train one with objective.length_weight > 0)")
+    ctx = list(prefix_ids) + list(suffix_ids)
+    ids = jnp.asarray([ctx], jnp.int32)
+    n = int(_length_from_head(model, ids, jnp.ones(ids.shape, bool))[0])
+    return min(n, max_length) if max_length else n
+
+
+def fill_predicted_span(model, prefix_ids, suffix_ids, *, eos_id: int, max_length: int | None = None, **kw):
+    """fill_span at the length head's span length; the span ends at its first EOS (the model pads a
+    shorter span with EOS, as SFT with padded answers teaches it). -> (span ids, stats dict with
+    `span_budget`, the predicted length)."""
+    budget = predict_span_length(model, prefix_ids, suffix_ids, max_length=max_length)
+    kw["block_length"] = min(kw.get("block_length", budget), budget)
+    out, stats = fill_span(model, prefix_ids, suffix_ids, budget, **kw)
+    span = [int(t) for t in np.asarray(out)[0, len(prefix_ids):len(prefix_ids) + budget]]
+    if eos_id in span:
+        span = span[:span.index(eos_id)]
+    return span, dict(stats, span_budget=budget)
 
 
 def scaffold_then_infill(model, prompt_ids, *, scaffold_max_tokens: int, scaffold_stop_ids, gen_length: int,

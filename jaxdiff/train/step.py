@@ -136,6 +136,19 @@ def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
     return loss + _router_terms(model, out, valid, obj, metrics), metrics
 
 
+def answer_lengths(tokens, valid, plen, eos_id):
+    """[B] tokens the sampler must generate: the answer up to and including its first EOS (an SFT
+    answer padded with EOS to a fixed window counts once), all of it when it has no EOS."""
+    pos = jnp.arange(tokens.shape[1])[None]
+    answer = valid & (pos >= plen[:, None])
+    full = jnp.sum(answer, axis=1)
+    if eos_id is None:
+        return full
+    is_eos = answer & (tokens == eos_id)
+    first = jnp.argmax(is_eos, axis=1)
+    return jnp.where(jnp.any(is_eos, axis=1), first - plen + 1, full)
+
+
 def length_head(model, batch, dropout_key=None):
     tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
     pos = jnp.arange(tokens.shape[1])[None]
@@ -143,7 +156,7 @@ def length_head(model, batch, dropout_key=None):
     out = model.forward(tokens, lora="length", lora_dropout_key=dropout_key, attention="bidirectional",
                         padding_mask=prompt, logits=False)
     logits = model.length_head(out.hidden, prompt)
-    target = model.length_head.bucket(jnp.sum(valid & ~prompt, axis=1))
+    target = model.length_head.bucket(answer_lengths(tokens, valid, plen, model.config.eos_token_id))
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1)[:, 0]
     loss = jnp.mean(nll)
     return loss, {"length/loss": loss, "length/acc": jnp.mean(jnp.argmax(logits, -1) == target)}

