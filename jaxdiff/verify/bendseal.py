@@ -19,9 +19,16 @@ to pass as 42. So the pool never trusts a `Result:` line as such. Per job the wo
    runtime performs IO (hvm `run-c`, `run-cu`), it runs again with `@main` =
    `JaxdiffSeal/io(n1, n2, n3, <root>)`, which performs main's IO and pairs what it returns, as
    `IO/Done`, exactly as bend would print it.
+4. The file must compile as written, to its end. A program that ends in an unclosed `#{` comment
+   swallows whatever follows it -- in a task's job, the hidden `main` that tests it -- and runs a
+   `main` of its own (bend accepts a comment left open at the end of the file). So the job process
+   writes `end_source(mark)` last, a definition named with a fresh random `mark` per job that the
+   program cannot have known, and the seal refuses to run a net without it (`has_end`): no
+   sealed result, the job is an `error`. A string left open is closed only by a later `"`, which
+   neither SEAL_SOURCE nor the mark holds: it reaches the end of the file, and bend refuses it.
 
 The worker (bend.parse_output) accepts only a result in that sealed form and takes the statistics
-that follow it. For `hvm-run*` jobs the worker's job process does steps 1-3 itself on the output of
+that follow it. For `hvm-run*` jobs the worker's job process does steps 1-4 itself on the output of
 `bend gen-hvm`. Standard library only: this file also runs as that script (see `main`).
 """
 
@@ -33,7 +40,7 @@ import re
 import signal
 import sys
 
-CONTROL_FD = 3  # nonce and hvm path, from the worker: {"nonce": [n1, n2, n3], "hvm": "/path/to/hvm"}
+CONTROL_FD = 3  # from the worker: {"nonce": [n1, n2, n3], "hvm": "/path/to/hvm", "end": "<end mark>"}
 PRINTED_FD = 4  # what the program printed, back to the worker
 IO_COMMANDS = ("run-c", "run-cu")  # hvm subcommands that perform IO (`hvm run`, in Rust, does not)
 # Appended to every Bend job's program. Bend forbids referring to `main`, so the helper takes
@@ -45,8 +52,30 @@ def JaxdiffSeal/io(n1, n2, n3, m):
     r <- m
     return (n1, (n2, (n3, IO/wrap(r))))
 """
+END_PREFIX = "JaxdiffEnd/m"  # + 16 hex digits, drawn per job (new_end_mark)
 _STAT = re.compile(rb"^- (ITRS|TIME|MIPS): ")
 _PR_SET_DUMPABLE = 4
+
+
+def new_end_mark() -> str:
+    """A fresh name for the definition that must close the file (step 4 of the module docstring)."""
+    return END_PREFIX + os.urandom(8).hex()
+
+
+def end_source(mark: str) -> str:
+    """The definition written after everything else in main.bend."""
+    return f"\n\ndef {mark}():\n  return 0\n"
+
+
+def has_end(net: str, mark: str) -> bool:
+    """Whether the generated net holds the end mark's definition, i.e. bend compiled main.bend to its end."""
+    if not re.fullmatch(re.escape(END_PREFIX) + "[0-9a-f]{16}", mark):
+        raise ValueError(f"not an end mark: {mark!r}")
+    return re.search(rf"^@{re.escape(mark)} = ", net, re.M) is not None
+
+
+END_MISSING = ("jaxdiff bend seal: the program swallowed the code after it (the file's last definition is "
+               "not in the compiled net: an unclosed #{ comment?); nothing was run\n")
 
 
 def seal_net(net: str, nonce, mode: str) -> str:
@@ -203,6 +232,9 @@ def main(argv=None) -> int:
     cmd, path = argv[-2], argv[-1]
     with open(path) as f:
         net = f.read()
+    if not has_end(net, ctrl["end"]):
+        os.write(2, END_MISSING.encode())
+        return 1
     return run_sealed(ctrl["hvm"], cmd, net, ctrl["nonce"])
 
 

@@ -269,13 +269,14 @@ class Worker:
         before the program runs; what the program prints comes back on its own descriptor."""
         argv = bend_backend.command(job["runtime"], self.cfg["bend"], self.shim)
         nonce = [secrets.randbelow(1 << 24) for _ in range(3)]
+        end = bendseal.new_end_mark()
         ctrl_r, ctrl_w = os.pipe()
-        os.write(ctrl_w, json.dumps({"nonce": nonce, "hvm": self.cfg["hvm"]}).encode())
+        os.write(ctrl_w, json.dumps({"nonce": nonce, "hvm": self.cfg["hvm"], "end": end}).encode())
         os.close(ctrl_w)
         printed_fd = os.memfd_create("printed")
         cand = self._fork_job(self.uids[0] if self.uids else None,
                               {0: in_fd, 1: out_fd, 2: err_fd, bendseal.CONTROL_FD: ctrl_r, bendseal.PRINTED_FD: printed_fd},
-                              lambda: _run_bend(job["program"], argv), candidate=True, bend=True)
+                              lambda: _run_bend(job["program"], end, argv), candidate=True, bend=True)
         os.close(ctrl_r)
         secret = json.loads(bytes(self.read_secret(secret_len)))
         self.wipe_secret(secret_len)
@@ -422,11 +423,12 @@ class Worker:
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def _run_bend(program: str, argv: list) -> int:
-    """The Bend job process: write main.bend, then run bend (its --hvm-bin shim seals the run) or,
-    for hvm runtimes, `bend gen-hvm` and the sealed hvm run right here."""
+def _run_bend(program: str, end: str, argv: list) -> int:
+    """The Bend job process: write main.bend (the program, the seal's helper, the end mark), then
+    run bend (its --hvm-bin shim seals the run) or, for hvm runtimes, `bend gen-hvm` and the sealed
+    hvm run right here."""
     with open("main.bend", "w") as f:
-        f.write(program + bendseal.SEAL_SOURCE)
+        f.write(program + bendseal.SEAL_SOURCE + bendseal.end_source(end))
     if argv[0] != "gen-hvm":
         os.execve(argv[0], argv, dict(os.environ))
     import subprocess
@@ -436,7 +438,11 @@ def _run_bend(program: str, argv: list) -> int:
     r = subprocess.run(argv[1], stdout=subprocess.PIPE)  # compiles only: no program code runs yet
     if r.returncode != 0:
         return 100 + min(r.returncode, 100) if r.returncode > 0 else 99
-    return bendseal.run_sealed(ctrl["hvm"], argv[2], r.stdout.decode("utf-8", "replace"), ctrl["nonce"])
+    net = r.stdout.decode("utf-8", "replace")
+    if not bendseal.has_end(net, ctrl["end"]):
+        os.write(2, bendseal.END_MISSING.encode())
+        return 1
+    return bendseal.run_sealed(ctrl["hvm"], argv[2], net, ctrl["nonce"])
 
 
 def _write_shim(path: str):

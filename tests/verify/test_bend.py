@@ -316,3 +316,39 @@ def test_io_programs_run_their_io_and_keep_their_output(real_pool):
     assert [r["status"] for r in res] == ["passed", "passed", "failed", "passed", "passed", "passed"], res
     assert res[0]["stats"]["output_bytes"] == 6
     assert "wrong output: expected 'bye', got 'hello\\n'" in res[2]["detail"]
+
+
+# -- a program cannot swallow what follows it (a task's hidden main) ----------------------------
+
+def test_end_mark_is_fresh_and_must_be_compiled():
+    a, b = bendseal.new_end_mark(), bendseal.new_end_mark()
+    assert a != b and a.startswith(bendseal.END_PREFIX) and len(a) == len(bendseal.END_PREFIX) + 16
+    assert bendseal.end_source(a) == f"\n\ndef {a}():\n  return 0\n"
+    assert bendseal.has_end(f"@main = 1\n\n@{a} = 0\n", a)
+    assert not bendseal.has_end(f"@main = 1\n\n@{b} = 0\n", a)
+    assert not bendseal.has_end(f"@main = @{a}\n", a)  # a reference is not the definition
+    with pytest.raises(ValueError, match="not an end mark"):
+        bendseal.has_end("@main = 1\n", "main")
+
+
+# The hidden main a task appends after the completion, and a completion that answers in a main of
+# its own and opens a block comment that bend lets run to the end of the file. Before the end mark
+# this passed under run-c and run-rs: the task's main, and with it the test, was never compiled.
+# (numbers only: hvm-run-c prints raw nets)
+HIDDEN_MAIN = "\n\ndef main():\n  return f(1) * 10 + f(2)\n"
+SWALLOWING = "def f(x):\n  return 0\n\ndef main():\n  return 23\n#{\n" + HIDDEN_MAIN
+
+
+@needs_bend
+@pytest.mark.parametrize("runtime", ["run-c", "run-rs", "hvm-run-c"])
+def test_a_program_that_comments_out_the_rest_of_the_file_fails(real_pool, runtime):
+    res = real_pool.run([
+        _job(0, SWALLOWING, expected_result="23", runtime=runtime),
+        _job(1, SWALLOWING.replace("#{\n", "#{ closed #}\n").replace("def main():\n  return 23\n", ""),
+             expected_result="23", runtime=runtime),
+        _job(2, "def f(x):\n  return x + 1\n#{ a comment\nover lines #}" + HIDDEN_MAIN, expected_result="23",
+             runtime=runtime),
+    ])
+    assert [r["status"] for r in res] == ["error", "failed", "passed"], res
+    assert "swallowed the code after it" in res[0]["detail"], res[0]
+    assert rewards(res[:2], [1, 1], 4).tolist() == [0.0, 0.0]
