@@ -25,7 +25,8 @@ def get_config(arg=None):
     c.lora = "diffusion"       # adapter head used if the model has it ("" = base only)
     # the tasks
     c.suite = "synthetic-heldout-constants"  # a name in jaxdiff.eval.SUITES, a .jsonl[.gz] path, hub:NAME[:SPLIT]
-    c.limit = 0                # the first N tasks (0: all)
+    c.stride = 1               # every stride-th task (suites are ordered by template: a spread-out subset)
+    c.limit = 0                # then the first N of those (0: all)
     c.prompt_format = "raw"    # raw (continue the prompt's text) | chat (the tokenizer's chat template)
     # generation (jaxdiff.sample.generate; docs/sampling.md)
     c.gen_length = 64          # answer tokens (a multiple of block_length)

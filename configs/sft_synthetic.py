@@ -25,8 +25,8 @@ def get_config(arg=None):
     c.lora.full_training = True
     c.data.kind = "sft"
     c.data.path = "runs/synthetic_train.jsonl"  # python -m jaxdiff.eval.export_sft --suite synthetic-train
-    c.data.seq_len = 224                      # longest prompt 186 tokens + the 32-token answer window
-    c.data.answer_length = 32                 # answers (<= 27 tokens) padded with EOS to the sampler's gen_length
+    c.data.seq_len = 264                      # longest prompt 222 tokens (digits split) + the 40-token answer window
+    c.data.answer_length = 40                 # answers (<= 32 tokens + EOS) padded with EOS to the sampler's gen_length
     c.data.batch_size = 8
     c.data.eval_permille = 50
     c.objective.sft = True
@@ -41,9 +41,9 @@ def get_config(arg=None):
     c.train.eval_batches = 4
     c.train.checkpoint_every = 100
     c.sample.prompt = 'def add_7(x):\n    """Return x plus 7.\n    >>> add_7(1)\n    8\n    """\n'
-    c.sample.gen_length = 32
-    c.sample.block_length = 32
-    c.sample.steps = 32
+    c.sample.gen_length = 40
+    c.sample.block_length = 40
+    c.sample.steps = 40
     return c
 
 

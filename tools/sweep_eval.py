@@ -71,6 +71,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--suite", default="synthetic-heldout-constants")
     p.add_argument("--limit", type=int, default=64)
+    p.add_argument("--stride", type=int, default=1, help="every stride-th task, then the first --limit")
     p.add_argument("--gen_length", type=int, default=32)
     p.add_argument("--steps", type=_ints, default=[32, 16, 8])
     p.add_argument("--block_lengths", type=_ints, default=[32])
@@ -90,6 +91,7 @@ def main(argv=None) -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     base = load_config_file(os.path.join(root, "configs", "eval.py"))
     base.checkpoint, base.suite, base.limit, base.gen_length = a.checkpoint, a.suite, a.limit, a.gen_length
+    base.stride = a.stride
     base.attention, base.batch_size, base.pad_bucket, base.tensorboard = a.attention, a.batch_size, a.pad_bucket, False
     base.out_dir = a.runs_dir or os.path.join("runs", "sweep_runs", os.path.basename(a.out))
     try:
@@ -124,7 +126,7 @@ def main(argv=None) -> int:
     ok = [r for r in rows if r["tokens_per_forward"]]
     score = aup([r["tokens_per_forward"] for r in ok], [r["pass1"] for r in ok], a.y_max) if ok else None
     with open(a.out + ".json", "w") as f:
-        json.dump({"suite": a.suite, "checkpoint": a.checkpoint, "limit": a.limit, "aup": score, "rows": rows}, f, indent=2)
+        json.dump({"suite": a.suite, "checkpoint": a.checkpoint, "limit": a.limit, "stride": a.stride, "aup": score, "rows": rows}, f, indent=2)
     print(f"AUP {score:.2f}  ({len(ok)} points; {a.out}.csv)" if score is not None else "AUP: no points")
     try:
         import matplotlib
@@ -148,7 +150,7 @@ def main(argv=None) -> int:
         ax.grid(alpha=0.3)
     axes[1].set_title(f"AUP {score:.1f}" if score is not None else "")
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{a.suite} (first {a.limit}), {a.checkpoint}")
+    fig.suptitle(f"{a.suite} (every {a.stride}, first {a.limit}), {a.checkpoint}")
     fig.tight_layout()
     fig.savefig(a.out + ".png", dpi=110)
     print(f"wrote {a.out}.png")

@@ -251,6 +251,9 @@ def load_tasks(c) -> list[Task]:
         raise EvalConfigError(f"config.suite={c.suite!r}: {e}") from None
     if c.limit < 0:
         raise EvalConfigError(f"config.limit={c.limit}: must be >= 0 (0 = every task)")
+    if c.stride < 1:
+        raise EvalConfigError(f"config.stride={c.stride}: must be >= 1 (1 = every task)")
+    tasks = tasks[::c.stride]
     return tasks[:c.limit] if c.limit else tasks
 
 

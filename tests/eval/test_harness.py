@@ -147,6 +147,10 @@ def test_bad_input_names_the_field(tmp_path):
         harness.run(_config(checkpoint=str(tmp_path / "missing"), limit=1, out_dir=str(tmp_path)))
     with pytest.raises(harness.EvalConfigError, match=r"config\.temperature"):
         harness.run(_config(n_samples=4, out_dir=str(tmp_path)))
+    with pytest.raises(harness.EvalConfigError, match=r"config\.stride=0"):
+        harness.load_tasks(_config(stride=0))
+    spread = harness.load_tasks(_config(suite="synthetic-heldout-constants", stride=4, limit=5))
+    assert [t.id for t in spread] == [t.id for t in load_suite("synthetic-heldout-constants")[::4][:5]]
     with pytest.raises(harness.EvalConfigError, match=r"config\.prompt_format"):
         harness.run(_config(prompt_format="fim", out_dir=str(tmp_path)))
 
