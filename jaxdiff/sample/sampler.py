@@ -114,18 +114,27 @@ def token_logp(logits, tokens, temperature: float):
 
 @struct.dataclass
 class Trace:
-    """What a call with `trace` on records per position [B, P + G]: the global step at which the position
-    was committed (-1: prompt, or never committed: EOS fill), the token committed then (-1 where
-    none; before any EOS fill replaced it) and its float32 log-probability `token_logp` at that step."""
+    """What a call with `trace` on records. Per position [B, P + G]: the global step at which it was
+    committed (-1: prompt, or never committed: EOS fill), the token committed then (-1 where none;
+    before any EOS fill replaced it) and its float32 log-probability `token_logp` at that step.
+    Per row [B]: the steps at which the row still had masked positions in the current block, the
+    steps it needed (a batch runs until its slowest row is done)."""
 
     step: jax.Array
     token: jax.Array
     logp: jax.Array
+    row_steps: jax.Array
 
     @classmethod
     def empty(cls, b: int, length: int) -> "Trace":
         return cls(jnp.full((b, length), -1, jnp.int32), jnp.full((b, length), -1, jnp.int32),
-                   jnp.zeros((b, length), jnp.float32))
+                   jnp.zeros((b, length), jnp.float32), jnp.zeros((b,), jnp.int32))
+
+    def commit(self, put, win, commit, step, tokens, logp, eligible) -> "Trace":
+        """The record after one step: put / win write and read the block's window of [B, L] arrays."""
+        keep = lambda r, v: put(r, jnp.where(commit, v, win(r)))
+        return Trace(keep(self.step, jnp.full(commit.shape, step, jnp.int32)), keep(self.token, tokens),
+                     keep(self.logp, logp), self.row_steps + jnp.any(eligible, axis=1).astype(jnp.int32))
 
 
 # ----------------------------------------------------------------------------- the sampler
@@ -154,8 +163,8 @@ def denoise_block(s: SamplerSettings, x, window: tuple[int, int], in_block, logi
     the block; in_block [B, W] marks the block's positions in it. logits_at(x) -> float32 logits
     [B, W, V] of the window; first_logits: the block's first step's logits, already computed (the
     cache-filling pass), or None. record: a `Trace` of x's shape (or None) that gets, at each
-    position committed, the global step index, the token and its log-probability. Returns (x,
-    steps, forward passes, record)."""
+    position committed, the global step index, the token and its log-probability, and per row the
+    steps it needed. Returns (x, steps, forward passes, record)."""
     w0, w = window
     win = lambda a: jax.lax.slice_in_dim(a, w0, w0 + w, axis=1)
     put = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, w0, axis=1)
@@ -185,8 +194,7 @@ def denoise_block(s: SamplerSettings, x, window: tuple[int, int], in_block, logi
         else:
             commit = commit_threshold(scores, eligible, s.policy.threshold)
         if rec is not None:
-            now = Trace(jnp.full(commit.shape, step0 + i, jnp.int32), x0, token_logp(logits, x0, s.temperature))
-            rec = jax.tree.map(lambda r, v: put(r, jnp.where(commit, v, win(r))), rec, now)
+            rec = rec.commit(put, win, commit, step0 + i, x0, token_logp(logits, x0, s.temperature), eligible)
         return put(x, jnp.where(commit, x0, xw)), i + 1, nfe + called, rec
 
     x, i, nfe, record = jax.lax.while_loop(cond, body, (x, jnp.int32(0), jnp.int32(0), record))
