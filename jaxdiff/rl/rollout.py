@@ -70,7 +70,8 @@ class Rollout:
 
 def rollout_settings(model, *, gen_length: int, block_length: int, steps: int | None = None,
                      policy="low_confidence", temperature: float = 1.0, attention: str = "bidirectional",
-                     cache: str = "auto", lora: str | None = "diffusion", mask_id: int | None = None) -> SamplerSettings:
+                     cache: str = "auto", lora: str | None = "diffusion",
+                     mask_id: int | None = None) -> SamplerSettings:
     """The sampler settings of a rollout: `generate`'s checks, trace on, no guidance, early stop at
     the model's EOS. temperature must be > 0 (a greedy rollout has no log-probabilities to learn from)."""
     if not temperature > 0:

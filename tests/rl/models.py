@@ -1,6 +1,7 @@
-"""Tiny random models for the RL tests: one layer, a small vocabulary, an output head scaled so
-that sampling at temperature 1 is neither uniform nor greedy, and a diffusion LoRA head with
-random (non-zero) B on attention and on lm_head, so every log-probability goes through adapters."""
+"""Helpers of the RL tests: tiny random models (one layer, a small vocabulary, an output head scaled
+so that sampling at temperature 1 is neither uniform nor greedy, and a diffusion LoRA head with
+random non-zero B on attention and on lm_head, so every log-probability goes through adapters),
+their plain forward's logits as a reference, hand-built rollouts, and a quicker PRNG for compiling."""
 import functools
 
 import jax
@@ -56,18 +57,19 @@ def _logits_jit(graphdef, state, tokens, padding_mask, lora):
 
 def batch_of(prompt_ids, prompt_mask, tokens, step_map=None, valid=None):
     """A Rollout built by hand (answers chosen by the test, not sampled): step_map defaults to left to
-    right, one token per step; valid to all."""
+    right, one token per step; valid to all. (NumPy, then arrays: eager JAX ops compile one by one.)"""
     from jaxdiff.rl import Rollout
 
-    tokens = jnp.asarray(tokens, jnp.int32)
+    tokens = np.asarray(tokens, np.int32)
     n, a = tokens.shape
-    step_map = jnp.tile(jnp.arange(a, dtype=jnp.int32), (n, 1)) if step_map is None else jnp.asarray(step_map)
-    valid = jnp.ones((n, a), bool) if valid is None else jnp.asarray(valid, bool)
-    steps = jnp.max(step_map, axis=1) + 1
-    return Rollout(prompt_ids=jnp.asarray(prompt_ids, jnp.int32), prompt_mask=jnp.asarray(prompt_mask, bool),
-                   group=jnp.arange(n, dtype=jnp.int32), tokens=tokens, committed=tokens, step_map=step_map,
-                   logp=jnp.zeros((n, a), jnp.float32), valid=valid, steps_used=steps, forward_passes=steps,
-                   batch_steps=jnp.max(steps), batch_forward_passes=jnp.max(steps))
+    step_map = np.tile(np.arange(a, dtype=np.int32), (n, 1)) if step_map is None else np.asarray(step_map, np.int32)
+    valid = np.ones((n, a), bool) if valid is None else np.asarray(valid, bool)
+    steps = step_map.max(axis=1) + 1
+    return jax.tree.map(jnp.asarray, Rollout(
+        prompt_ids=np.asarray(prompt_ids, np.int32), prompt_mask=np.asarray(prompt_mask, bool),
+        group=np.arange(n, dtype=np.int32), tokens=tokens, committed=tokens, step_map=step_map,
+        logp=np.zeros((n, a), np.float32), valid=valid, steps_used=steps, forward_passes=steps,
+        batch_steps=np.int32(steps.max()), batch_forward_passes=np.int32(steps.max())))
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -78,11 +78,7 @@ def test_coupled_over_all_masks_equals_its_expectation(model, batch):
     print("E[coupled] over the 8 masks:", mean.round(4).tolist(), "closed form:", expectation.round(4).tolist())
     np.testing.assert_allclose(mean, expectation, atol=1e-5)
 
-    # the public estimator is coupled_given at the t and mask its key draws; t ~ U(0.2, 0.8)
-    key = jax.random.key(4)
-    t_k, m_k = coupled_mask(key, tokens.shape)
-    got = estimate(model, batch, key, s)[0]
-    np.testing.assert_allclose(np.asarray(got), np.asarray(run(batch, t_k, m_k)[0]), atol=1e-6)
+    # the draws of `coupled`: t ~ U(0.2, 0.8), each answer position in M_t with probability t
     draws = [coupled_mask(jax.random.key(i), (64, 64)) for i in range(10)]
     assert all(0.2 <= float(t) <= 0.8 for t, _ in draws)
     assert max(abs(float(m.mean()) - float(t)) for t, m in draws) < 0.05
@@ -120,9 +116,8 @@ def test_settings_refuse_bad_values():
 def test_trace_replay_gradient_matches_finite_differences(model, batch):
     """d/d(adapter) of the sum of replayed log-probabilities (a scan over step groups, each group a
     rematerialised forward under lax.cond) against central differences along a random direction."""
-    steps = jnp.asarray([[1, 0, 2], [0, 1, 1]], jnp.int32)     # row 2 commits two tokens at step 1
-    b = batch.replace(step_map=steps)
-    s = EstimatorSettings("trace_replay", mask_id=MASK, vocab_chunk=6)
+    b = batch.replace(step_map=jnp.asarray([[1, 0, 2], [0, 1, 1]], jnp.int32))   # row 2: two tokens at step 1
+    s = EstimatorSettings("trace_replay", mask_id=MASK)
     graphdef, lora, rest = nnx.split(model, LoRADiffusion, ...)
 
     @jax.jit
@@ -133,13 +128,12 @@ def test_trace_replay_gradient_matches_finite_differences(model, batch):
         return jax.value_and_grad(f)(lora)
 
     _, grad = value_and_grad(lora)
-    leaves, treedef = jax.tree.flatten(lora)
-    keys = jax.random.split(jax.random.key(9), len(leaves))
-    d = jax.tree.unflatten(treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
-    eps = 1e-3
-    shift = lambda sign: jax.tree.map(lambda x, y: x + sign * eps * y, lora, d)
+    rng = np.random.RandomState(9)
+    d = jax.tree.map(lambda x: rng.randn(*x.shape).astype(np.float32), lora)
+    eps = 3e-4
+    shift = lambda sign: jax.tree.map(lambda x, y: np.asarray(x) + sign * eps * y, lora, d)
     fd = (float(value_and_grad(shift(1))[0]) - float(value_and_grad(shift(-1))[0])) / (2 * eps)
-    analytic = sum(float(jnp.vdot(g, y)) for g, y in zip(jax.tree.leaves(grad), jax.tree.leaves(d)))
+    analytic = sum(float(np.vdot(np.asarray(g), y)) for g, y in zip(jax.tree.leaves(grad), jax.tree.leaves(d)))
     print(f"directional derivative: analytic {analytic:.6f}, central difference {fd:.6f}")
     assert abs(analytic) > 1e-2
     assert abs(analytic - fd) < 5e-3 * abs(analytic)

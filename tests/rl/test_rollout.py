@@ -4,7 +4,6 @@ tiny model), tokens after EOS are excluded, and per-row costs are what the sampl
 import itertools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats as sstats
@@ -50,6 +49,7 @@ def host(r: Rollout):
 def test_trace_replay_reproduces_the_recorded_log_probs(model, rollouts, config):
     r = rollouts[config]
     s = rollout_settings(model, gen_length=GEN, block_length=BLOCK, temperature=1.0, **CONFIGS[config])
+    assert s.lora == "diffusion"                              # sampled and scored through the adapters
     logp, mask = estimate(model, r, jax.random.key(0), EstimatorSettings.for_rollout(s, vocab_chunk=6))
     logp, mask, h = np.asarray(logp), np.asarray(mask), host(r)
     np.testing.assert_array_equal(mask, h.valid)
@@ -102,10 +102,10 @@ def test_a_row_alone_costs_what_the_sampler_counts(model):
     ids, _ = prompts()
     ran = {True: False, False: False}
     for seed in range(4):
-        r = host(rollout(model, ids[1:2], group_size=1, key=jax.random.key(seed), gen_length=24, block_length=8,
+        r = host(rollout(model, ids[1:2], group_size=1, key=jax.random.key(seed), gen_length=GEN, block_length=BLOCK,
                          policy="threshold:0.1", attention="block", cache="block"))
         assert r.steps_used[0] == r.batch_steps and r.forward_passes[0] == r.batch_forward_passes
-        ran[bool(r.step_map[0, 16] >= 0)] = True
+        ran[bool(r.step_map[0, BLOCK] >= 0)] = True
         print(f"steps {r.steps_used[0]}, forward passes {r.forward_passes[0]}, valid {r.valid.sum()}")
     assert ran[True] and ran[False]
 
