@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxdiff.model import build_model
 from jaxdiff.model.lora import LoRASpec, add_lora
+from jaxdiff.rl.rollout import Rollout
 from tests.model import tiny
 
 
@@ -58,8 +59,6 @@ def _logits_jit(graphdef, state, tokens, padding_mask, lora):
 def batch_of(prompt_ids, prompt_mask, tokens, step_map=None, valid=None):
     """A Rollout built by hand (answers chosen by the test, not sampled): step_map defaults to left to
     right, one token per step; valid to all. (NumPy, then arrays: eager JAX ops compile one by one.)"""
-    from jaxdiff.rl import Rollout
-
     tokens = np.asarray(tokens, np.int32)
     n, a = tokens.shape
     step_map = np.tile(np.arange(a, dtype=np.int32), (n, 1)) if step_map is None else np.asarray(step_map, np.int32)

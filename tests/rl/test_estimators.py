@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from jaxdiff.model.lora import LoRADiffusion
-from jaxdiff.rl import EstimatorSettings, estimate, token_log_probs
-from jaxdiff.rl.estimators import coupled_given, coupled_mask
+from jaxdiff.rl.estimators import EstimatorSettings, coupled_given, coupled_mask, estimate, token_log_probs
 from tests.rl.models import batch_of, full_logits, quick_prng, small_model  # noqa: F401
 
 V, MASK, EOS = 16, 15, 9

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats as sstats
 
-from jaxdiff.rl import EstimatorSettings, Rollout, estimate, rollout, rollout_settings
+from jaxdiff.rl.estimators import EstimatorSettings, estimate
+from jaxdiff.rl.rollout import Rollout, rollout, rollout_settings
 from tests.rl.models import batch_of, full_logits, quick_prng, small_model  # noqa: F401
 
 V, MASK, EOS = 16, 15, 9
