@@ -12,6 +12,7 @@ OPTIMIZERS = ("adamw", "lion", "adafactor")
 DECAYS = ("cosine", "linear", "constant")
 DATA_KINDS = ("code", "text", "sft")
 HEADS = ("ar", "diffusion", "length")
+ESTIMATORS = ("trace_replay", "coupled", "mean_field")   # rl: per-token log-probabilities of a sample
 
 CHOICES = {
     "model.attention_impl": ATTENTION_IMPLS, "model.dtype": ("", "float32", "bfloat16"),

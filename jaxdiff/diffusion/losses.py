@@ -38,22 +38,39 @@ def token_stats_from_logits(logits: jax.Array, targets: jax.Array) -> TokenStats
     return TokenStats(nll, -jnp.mean(logp, axis=-1), jnp.argmax(logits, axis=-1) == targets)
 
 
+def f32_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [..., D] W [V, D]^T accumulated and returned in float32 (inputs stay in their dtype)."""
+    return jnp.einsum("...D,VD->...V", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+
+
+def head_logits(hidden: jax.Array, head) -> jax.Array:
+    """hidden [..., D] -> float32 logits [..., V] over the whole vocabulary at once, through the same
+    unmerged apply and float32 accumulation as `token_stats_chunked` (head: the model's
+    `output_head`, W [V, D] and its adapter). The sampler's logits, so what it records is what a
+    learner recomputes chunk by chunk."""
+    return project(hidden, head.weight, head.lora, matmul=f32_matmul).astype(jnp.float32)
+
+
 def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array, *,
-                        chunk: int = 8192, lora: LoRAWeights | None = None) -> TokenStats:
+                        chunk: int = 8192, lora: LoRAWeights | None = None,
+                        temperature: float = 1.0) -> TokenStats:
     """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks. `lora`: the
-    output head's adapter (A [r, D], B [V, r]), applied unmerged per chunk (lora.project)."""
+    output head's adapter (A [r, D], B [V, r]), applied unmerged per chunk (lora.project).
+    temperature: the statistics of softmax(logits / temperature) (a sampling temperature)."""
     v, d = head_w.shape
     n_chunks = -(-v // chunk)
     pad = n_chunks * chunk - v
     w = jnp.pad(head_w, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
     b = None if lora is None else jnp.pad(lora.b, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
     h = hidden
-    f32 = lambda x, w: jnp.einsum("ND,VD->NV", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+    f32 = f32_matmul
 
     def body(carry, xs):
         m, s, total, best, best_idx = carry
         wc, bc, c = xs
         logits = project(h, wc, None if lora is None else lora.replace(b=bc), matmul=f32).astype(jnp.float32)
+        if temperature != 1.0:
+            logits = logits / temperature
         ids = c * chunk + jnp.arange(chunk)
         real = ids < v
         logits_m = jnp.where(real[None], logits, -jnp.inf)
@@ -80,6 +97,8 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
 
     target_lora = None if lora is None else lora.replace(b=lora.b[targets][:, None, :])
     target_logit = project(h, head_w[targets][:, None, :], target_lora, matmul=rowwise)[:, 0].astype(jnp.float32)
+    if temperature != 1.0:
+        target_logit = target_logit / temperature
     return TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
 
 

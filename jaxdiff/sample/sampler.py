@@ -20,6 +20,8 @@ Caches (`cache=`):
 The blocks are unrolled at trace time (their slices are static) and each block's denoising loop is
 a `lax.while_loop`: one compile per (batch, prompt length, gen_length, block_length, settings).
 Batches of prompts of different lengths are left-padded (`prompt_mask`). Deterministic given the key.
+With `trace` on, every committed position records its step, token and log-probability (`Trace`),
+the record rl's rollouts replay; logits are float32-accumulated as the chunked losses compute them.
 """
 from __future__ import annotations
 
@@ -30,8 +32,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
+from jaxdiff.diffusion.losses import head_logits
 from jaxdiff.model.kv_cache import KVCache
 from jaxdiff.model.lora import ActiveHead
 from jaxdiff.sample.policies import get_policy
@@ -101,6 +104,39 @@ def fill_after_eos(x, answer_start: int, eos_id: int):
     return jnp.where(col > first[:, None], eos_id, x), first < x.shape[1]
 
 
+def token_logp(logits, tokens, temperature: float):
+    """float32 [B, L]: log_softmax(logits / temperature)[tokens], the log-probability of drawing
+    `tokens` as `gumbel_argmax` draws them (temperature 0, greedy: the model's own distribution)."""
+    t = temperature if temperature > 0 else 1.0
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+@struct.dataclass
+class Trace:
+    """What a call with `trace` on records. Per position [B, P + G]: the global step at which it was
+    committed (-1: prompt, or never committed: EOS fill), the token committed then (-1 where none;
+    before any EOS fill replaced it) and its float32 log-probability `token_logp` at that step.
+    Per row [B]: the steps at which the row still had masked positions in the current block, the
+    steps it needed (a batch runs until its slowest row is done)."""
+
+    step: jax.Array
+    token: jax.Array
+    logp: jax.Array
+    row_steps: jax.Array
+
+    @classmethod
+    def empty(cls, b: int, length: int) -> "Trace":
+        return cls(jnp.full((b, length), -1, jnp.int32), jnp.full((b, length), -1, jnp.int32),
+                   jnp.zeros((b, length), jnp.float32), jnp.zeros((b,), jnp.int32))
+
+    def commit(self, put, win, commit, step, tokens, logp, eligible) -> "Trace":
+        """The record after one step: put / win write and read the block's window of [B, L] arrays."""
+        keep = lambda r, v: put(r, jnp.where(commit, v, win(r)))
+        return Trace(keep(self.step, jnp.full(commit.shape, step, jnp.int32)), keep(self.token, tokens),
+                     keep(self.logp, logp), self.row_steps + jnp.any(eligible, axis=1).astype(jnp.int32))
+
+
 # ----------------------------------------------------------------------------- the sampler
 @dataclasses.dataclass(frozen=True)
 class SamplerSettings:
@@ -126,8 +162,9 @@ def denoise_block(s: SamplerSettings, x, window: tuple[int, int], in_block, logi
     """Runs one block's denoising loop over the static window [w0, w0 + W) of x [B, L], which holds
     the block; in_block [B, W] marks the block's positions in it. logits_at(x) -> float32 logits
     [B, W, V] of the window; first_logits: the block's first step's logits, already computed (the
-    cache-filling pass), or None. record [B, L] int32 (or None) gets the global step index at which
-    each position is committed. Returns (x, steps, forward passes, record)."""
+    cache-filling pass), or None. record: a `Trace` of x's shape (or None) that gets, at each
+    position committed, the global step index, the token and its log-probability, and per row the
+    steps it needed. Returns (x, steps, forward passes, record)."""
     w0, w = window
     win = lambda a: jax.lax.slice_in_dim(a, w0, w0 + w, axis=1)
     put = lambda a, v: jax.lax.dynamic_update_slice_in_dim(a, v, w0, axis=1)
@@ -157,7 +194,7 @@ def denoise_block(s: SamplerSettings, x, window: tuple[int, int], in_block, logi
         else:
             commit = commit_threshold(scores, eligible, s.policy.threshold)
         if rec is not None:
-            rec = put(rec, jnp.where(commit, step0 + i, win(rec)))
+            rec = rec.commit(put, win, commit, step0 + i, x0, token_logp(logits, x0, s.temperature), eligible)
         return put(x, jnp.where(commit, x0, xw)), i + 1, nfe + called, rec
 
     x, i, nfe, record = jax.lax.while_loop(cond, body, (x, jnp.int32(0), jnp.int32(0), record))
@@ -199,8 +236,10 @@ class _Call:
 
     def logits(self, hidden, lo: int, hi: int):
         """float32 logits of hidden rows [lo, hi) only (the vocab matmul is the costliest part),
-        guided under CFG."""
-        out = self.model.head(hidden[:, lo:hi], ActiveHead(self.s.lora))
+        guided under CFG. Through `head_logits`, float32-accumulated as the chunked losses compute
+        them, so a sampled token's recorded log-probability is the one a learner recomputes."""
+        h = hidden[:, lo:hi]
+        out = head_logits(h, self.model.output_head(h.dtype, ActiveHead(self.s.lora)))
         return cfg_combine(out[:self.b], out[self.b:], self.s.cfg_scale) if self.cfg else out
 
     def empty_cache(self, rows: int):
@@ -272,9 +311,22 @@ def dual_cache(call: _Call, x, start: int, end: int, cache=None):
 CACHE_STRATEGIES = {"none": no_cache, "block": block_cache, "prefix": prefix_cache, "dual": dual_cache}
 
 
-def _sample(model, prompt_ids, prompt_mask, answer, key, s: SamplerSettings):
-    """The traced body of `generate`. answer [B, G]: the answer's starting tokens (mask, or EOS
-    past a row's predicted length). Returns (tokens [B, P + G], stats arrays, record or None)."""
+def row_forward_passes(s: SamplerSettings, row_steps, row_blocks):
+    """Forward passes per row of a call, as if the row had been sampled alone (with early
+    stop at its EOS): row_steps [B] its denoising steps, row_blocks [B] the blocks it ran. A step
+    is one pass whatever the cache (prefix and dual: the cache-filling pass is the block's first
+    step); the block cache adds the prompt's pass and one commit pass per finished block but the
+    answer's last. The per-row form of `SampleStats.forward_passes`."""
+    if s.cache == "block":
+        return 1 + row_steps + jnp.minimum(row_blocks, s.gen_length // s.block_length - 1)
+    return row_steps
+
+
+def sample_tokens(model, prompt_ids, prompt_mask, answer, key, s: SamplerSettings):
+    """The traced body of `generate` (for callers that jit their own step, as rl's rollouts).
+    answer [B, G]: the answer's starting tokens (mask, or EOS past a row's predicted length).
+    Returns (tokens [B, P + G], (steps, forward passes, mean decoded tokens, blocks run), a
+    `Trace` when s.trace else None)."""
     b, p = prompt_ids.shape
     bl = s.block_length
     n_blocks = s.gen_length // bl
@@ -283,7 +335,7 @@ def _sample(model, prompt_ids, prompt_mask, answer, key, s: SamplerSettings):
     call = _Call(model, s, b, p, plen, valid)
     strategy = CACHE_STRATEGIES[s.cache]
     x = jnp.concatenate([prompt_ids, answer.astype(prompt_ids.dtype)], axis=1)
-    record = jnp.full((b, call.total), -1, jnp.int32) if s.trace else None
+    record = Trace.empty(b, call.total) if s.trace else None
     steps = nfe = blocks_run = jnp.int32(0)
     done = jnp.zeros((b,), bool)
     cache = None
@@ -332,7 +384,7 @@ def _decoded(x, p, eos_id):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "settings"))
 def _sample_jit(graphdef, state, prompt_ids, prompt_mask, answer, key, settings):
-    return _sample(nnx.merge(graphdef, state), prompt_ids, prompt_mask, answer, key, settings)
+    return sample_tokens(nnx.merge(graphdef, state), prompt_ids, prompt_mask, answer, key, settings)
 
 
 def _to_host(tree):
@@ -383,6 +435,40 @@ def _length_jit(graphdef, state, prompt_ids, prompt_mask):
     return head.length_of(jnp.argmax(head(hidden, prompt_mask), axis=-1))
 
 
+def sampler_settings(model, *, gen_length: int, block_length: int, steps: int | None = None,
+                     policy="low_confidence", temperature: float = 0.0, cfg_scale: float = 0.0,
+                     mask_id: int | None = None, attention: str = "bidirectional", cache: str = "auto",
+                     stop_at_eos: bool = True, lora: str | None = "diffusion", on_block: Callable | None = None,
+                     trace: bool = False) -> SamplerSettings:
+    """The checked static settings of a sampling call, from `generate`'s arguments (gen_length an
+    int here); each bad value is refused with its name."""
+    mask_id = resolve_mask_id(model, mask_id)
+    if block_length <= 0:
+        raise ValueError(f"block_length={block_length} must be positive")
+    if not isinstance(gen_length, int) or gen_length <= 0:
+        raise ValueError(f"gen_length={gen_length!r}: a positive int or 'auto'")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
+    n_blocks = gen_length // block_length
+    steps = gen_length if steps is None else steps
+    if steps <= 0 or steps % n_blocks:
+        raise ValueError(f"steps={steps} is not a positive multiple of the number of blocks ({n_blocks})")
+    if attention not in ("bidirectional", "block"):
+        raise ValueError(f"attention={attention!r}; choose bidirectional or block")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r}; choose from {CACHES}")
+    cache = ("block" if attention == "block" else "none") if cache == "auto" else cache
+    if cache == "block" and attention != "block":
+        raise ValueError("cache='block' is exact only for attention='block'; use prefix or dual for bidirectional")
+    if cache in ("prefix", "dual") and attention != "bidirectional":
+        raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for attention='bidirectional'; use cache='block'")
+    eos_id = model.config.eos_token_id if stop_at_eos else None
+    return SamplerSettings(gen_length=gen_length, block_length=block_length, steps=steps, policy=get_policy(policy),
+                           temperature=float(temperature), cfg_scale=float(cfg_scale), mask_id=int(mask_id),
+                           eos_id=None if eos_id is None else int(eos_id), attention=attention, cache=cache,
+                           lora=active_head(model, lora), trace=trace, on_block=on_block)
+
+
 def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, steps: int | None = None,
              policy="low_confidence", temperature: float = 0.0, cfg_scale: float = 0.0, mask_id: int | None = None,
              key: jax.Array | None = None, attention: str = "bidirectional", cache: str = "auto",
@@ -407,7 +493,6 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
       finished (for streaming output). trace: also return record [B, P + G] int32, the step at
       which each position was committed (-1: prompt / EOS fill).
     """
-    mask_id = resolve_mask_id(model, mask_id)
     prompt_ids = as_batch(prompt_ids, "prompt_ids")
     b, p = prompt_ids.shape
     prompt_mask = jnp.ones((b, p), bool) if prompt_mask is None else jnp.asarray(prompt_mask, bool)
@@ -415,41 +500,23 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
         raise ValueError(f"prompt_mask shape {prompt_mask.shape} != prompt_ids shape {prompt_ids.shape}")
     if block_length <= 0:
         raise ValueError(f"block_length={block_length} must be positive")
-    eos_id = model.config.eos_token_id if stop_at_eos else None
     row_lengths = None
     if gen_length == "auto":
         if getattr(model, "length_head", None) is None:
             raise ValueError("gen_length='auto' needs a model with a length head (train with objective.length_weight > 0)")
         if steps is not None:
             raise ValueError("gen_length='auto': the steps follow the length (one per token); pass steps=None")
+        if not stop_at_eos or model.config.eos_token_id is None:
+            raise ValueError("gen_length='auto' ends each row with EOS: needs stop_at_eos and a model config "
+                             "with eos_token_id")
         row_lengths = _length_from_head(model, prompt_ids, prompt_mask)
         if max_gen_length is not None:
             row_lengths = np.minimum(row_lengths, max_gen_length)
         gen_length = int(-(-int(row_lengths.max()) // block_length) * block_length)
-    elif not isinstance(gen_length, int) or gen_length <= 0:
-        raise ValueError(f"gen_length={gen_length!r}: a positive int or 'auto'")
-    if gen_length % block_length:
-        raise ValueError(f"gen_length={gen_length} is not a multiple of block_length={block_length}")
-    n_blocks = gen_length // block_length
-    steps = gen_length if steps is None else steps
-    if steps <= 0 or steps % n_blocks:
-        raise ValueError(f"steps={steps} is not a positive multiple of the number of blocks ({n_blocks})")
-    if attention not in ("bidirectional", "block"):
-        raise ValueError(f"attention={attention!r}; choose bidirectional or block")
-    if cache not in CACHES:
-        raise ValueError(f"cache={cache!r}; choose from {CACHES}")
-    cache = ("block" if attention == "block" else "none") if cache == "auto" else cache
-    if cache == "block" and attention != "block":
-        raise ValueError("cache='block' is exact only for attention='block'; use prefix or dual for bidirectional")
-    if cache in ("prefix", "dual") and attention != "bidirectional":
-        raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for attention='bidirectional'; use cache='block'")
-    if row_lengths is not None and eos_id is None:
-        raise ValueError("gen_length='auto' ends each row with EOS: the model config has no eos_token_id")
-    lora = active_head(model, lora)
-    settings = SamplerSettings(gen_length=gen_length, block_length=block_length, steps=steps, policy=get_policy(policy),
-                         temperature=float(temperature), cfg_scale=float(cfg_scale), mask_id=int(mask_id),
-                         eos_id=None if eos_id is None else int(eos_id), attention=attention, cache=cache,
-                         lora=lora, trace=trace, on_block=on_block)
+    settings = sampler_settings(model, gen_length=gen_length, block_length=block_length, steps=steps, policy=policy,
+                                temperature=temperature, cfg_scale=cfg_scale, mask_id=mask_id, attention=attention,
+                                cache=cache, stop_at_eos=stop_at_eos, lora=lora, on_block=on_block, trace=trace)
+    mask_id, eos_id = settings.mask_id, settings.eos_id
     key = jax.random.key(0) if key is None else key
     answer = jnp.full((b, gen_length), mask_id, jnp.int32)
     if row_lengths is not None:   # a row's positions past its predicted length are EOS from the start
@@ -459,4 +526,4 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
                                                                         answer, key, settings))
     stats = SampleStats(steps=int(n_steps), forward_passes=int(nfe), tokens=float(decoded), gen_length=gen_length,
                         blocks=int(blocks))
-    return (out, stats, record) if trace else (out, stats)
+    return (out, stats, record.step) if trace else (out, stats)
