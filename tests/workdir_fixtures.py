@@ -16,14 +16,18 @@ from jaxdiff.eval import load_suite
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def make_workdir(path, *, full_training: bool = True, scale: float = 1.5, length_head: bool = False) -> str:
+def make_workdir(path, *, full_training: bool = True, scale: float = 1.5, length_head: bool = False,
+                 init: dict | None = None) -> str:
     """A full-training workdir at `path` (step 0) whose every weight is the fresh init times
     `scale` (so a model rebuilt from the config alone differs from the saved one); with
-    `length_head`, a run that trains the length head (edges 4, 8, 16)."""
+    `length_head`, a run that trains the length head (edges 4, 8, 16); `init` overrides fields of
+    the architecture (`config.model.init`, e.g. num_experts=0 for a dense model)."""
     path = os.fspath(path)
     c = load_config_file(os.path.join(ROOT, "configs", "tiny_coder.py:runlocal"))
     c.workdir = path
     c.tokenizer.vocab_size = 320
+    for k, v in (init or {}).items():
+        c.model.init[k] = v
     if length_head:
         c.objective.length_weight, c.length_head.edges, c.length_head.hidden = 0.1, "4,8,16", 16
     texts = [t.prompt + (t.reference or "") for t in load_suite("synthetic-train")[:300]]

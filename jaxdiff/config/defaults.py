@@ -60,4 +60,41 @@ def get_config() -> ml_collections.ConfigDict:
         peak_tflops=0.0))         # per device, for the MFU estimate (0: not logged)
     c.sample = ml_collections.ConfigDict(dict(prompt="def main():\n", gen_length=64, block_length=32, steps=64,
                                               policy="low_confidence", temperature=0.0))
+    c.rl = rl_defaults()
     return c
+
+
+def rl_defaults() -> ml_collections.ConfigDict:
+    """On-policy RL (launch/rl.py; docs/rl.md, docs/configs.md): what is sampled, how it is scored and
+    how the RL adapter (the diffusion head's LoRA, `lora.diffusion`) learns; its optimizer is `optimizer`."""
+    return ml_collections.ConfigDict(dict(
+        # tasks and prompts
+        suites="synthetic-train",   # comma-separated suite names (jaxdiff.eval.load_suite) or .jsonl paths
+        bend_suites="",             # Bend suites, joined when `bend` and `hvm` are on PATH (else a warning)
+        prompt_format="raw",        # raw | chat (the tokenizer's chat template)
+        prompt_length=0,            # prompt width in tokens (left-padded; longer prompts skipped); 0 = the longest
+        prompts_per_batch=8,        # P prompts per batch, drawn from seed and batch index
+        group_size=8,               # G samples per prompt
+        batches=100,                # batches to run (each: rollout, verify, mu updates)
+        # the rollout sampler (jaxdiff.sample; no guidance; stops at EOS)
+        temperature=1.0, gen_length=64, block_length=32,
+        steps=-1,                   # denoising steps over the answer; -1 = one per token
+        policy="low_confidence", attention="bidirectional", cache="auto",
+        # the likelihood estimator (rl/estimators.py)
+        estimator="trace_replay", shrink=1, t_min=0.2, t_max=0.8, prompt_mask_prob=0.15,
+        # the clipped loss (rl/objective.py)
+        mu=1,                       # inner iterations per batch (a new estimator key each)
+        eps_low=0.2, eps_high=0.2, beta=0.0, log_ratio_clamp=20.0, normalization="seq-mean-token-mean",
+        log_kl=True,                # score the reference (adapter off) for the KL metric even when beta = 0
+        # advantages (rl/advantages.py)
+        baseline="mean", scale="none",
+        # rewards (rl/rewards.py): w_c * C + [passed] * (w_s * S + w_e * E)
+        reward=ml_collections.ConfigDict(dict(correctness=1.0, speed=0.0, efficiency=0.0, partial_credit=True,
+                                              itrs_scale=1e6, cpu_ms_scale=100.0)),
+        # the verifier pool
+        workers=2, timeout_s=3.0, memory_mb=1024, sanitize=True,
+        # the loop
+        overlap=True,               # sample batch n + 1 while the pool verifies batch n (one batch stale)
+        log_every=1, log_samples=4,  # tensorboard every N batches; completions shown as text per batch
+        checkpoint_every=10, keep=3,
+        resume_batch=-1))           # -1: the newest readable checkpoint; N: the one after N batches

@@ -13,17 +13,26 @@ DECAYS = ("cosine", "linear", "constant")
 DATA_KINDS = ("code", "text", "sft")
 HEADS = ("ar", "diffusion", "length")
 ESTIMATORS = ("trace_replay", "coupled", "mean_field")   # rl: per-token log-probabilities of a sample
+BASELINES = ("mean", "leave_one_out")                     # rl: a group's baseline (rl/advantages.py)
+SCALES = ("none", "std")                                  # rl: advantage scaling
+NORMALIZATIONS = ("seq-mean-token-mean", "token-mean")    # rl: the policy loss's length normalisation
+PROMPT_FORMATS = ("raw", "chat")                          # rl: the prompt as text | the chat template
 
 CHOICES = {
     "model.attention_impl": ATTENTION_IMPLS, "model.dtype": ("", "float32", "bfloat16"),
     "model.remat_policy": REMAT_POLICIES, "model.moe_dispatch": MOE_DISPATCH,
     "objective.schedule": SCHEDULES, "objective.loss": LOSSES, "objective.attention": ("bidirectional", "block"),
     "optimizer.name": OPTIMIZERS, "optimizer.decay": DECAYS, "data.kind": DATA_KINDS,
+    "rl.estimator": ESTIMATORS, "rl.baseline": BASELINES, "rl.scale": SCALES, "rl.normalization": NORMALIZATIONS,
+    "rl.attention": ("bidirectional", "block"), "rl.prompt_format": PROMPT_FORMATS,
 }
 POSITIVE = ("data.seq_len", "data.batch_size", "train.steps", "train.log_every", "train.eval_every",
             "train.eval_batches", "train.checkpoint_every", "train.keep", "optimizer.total_steps",
             "optimizer.grad_accum", "objective.block_size", "objective.vocab_chunk", "sample.gen_length",
-            "sample.block_length", "sample.steps", "tokenizer.vocab_size")
+            "sample.block_length", "sample.steps", "tokenizer.vocab_size",
+            "rl.prompts_per_batch", "rl.batches", "rl.mu", "rl.gen_length", "rl.block_length", "rl.temperature",
+            "rl.shrink", "rl.log_ratio_clamp", "rl.workers", "rl.timeout_s", "rl.memory_mb", "rl.log_every",
+            "rl.checkpoint_every", "rl.keep", "rl.reward.itrs_scale", "rl.reward.cpu_ms_scale")
 
 
 class ConfigValueError(ValueError):
@@ -64,6 +73,36 @@ def validate(c) -> None:
         if get(c, f"lora.{h}.rank") <= 0:
             raise ConfigValueError(f"config.lora.{h}.rank must be > 0")
     length_edges(c)
+    validate_rl(c.rl)
+
+
+def validate_rl(r) -> None:
+    """The values of config.rl that CHOICES and POSITIVE do not cover (the rollout policy and cache
+    names are checked by jaxdiff.rl.config, which knows the sampler)."""
+    def bad(key, why):
+        raise ConfigValueError(f"config.rl.{key}={get(r, key)!r}: {why}")
+
+    if r.group_size < 2:
+        bad("group_size", "must be >= 2 (a group of one has no baseline)")
+    if r.gen_length % r.block_length:
+        bad("gen_length", f"must be a multiple of config.rl.block_length={r.block_length}")
+    if r.steps != -1 and (r.steps <= 0 or r.steps % (r.gen_length // r.block_length)):
+        bad("steps", f"-1 (one per answer token) or a positive multiple of the number of blocks "
+                     f"({r.gen_length // r.block_length})")
+    if not 0 < r.t_min <= r.t_max < 1:
+        bad("t_min", f"needs 0 < t_min <= t_max < 1 (t_max={r.t_max})")
+    if not 0 <= r.prompt_mask_prob < 1:
+        bad("prompt_mask_prob", "must be in [0, 1)")
+    if not 0 <= r.eps_low < 1:
+        bad("eps_low", "must be in [0, 1)")
+    for key in ("eps_high", "beta", "prompt_length", "log_samples", "reward.correctness", "reward.speed",
+                "reward.efficiency"):
+        if get(r, key) < 0:
+            bad(key, "must be >= 0")
+    if r.resume_batch < -1:
+        bad("resume_batch", "-1 (the newest readable checkpoint) or a batch count")
+    if not [s for s in r.suites.split(",") if s.strip()]:
+        bad("suites", "name at least one task suite (e.g. synthetic-train)")
 
 
 def length_edges(c) -> tuple[int, ...]:

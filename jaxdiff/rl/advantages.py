@@ -22,8 +22,7 @@ import dataclasses
 
 import numpy as np
 
-BASELINES = ("mean", "leave_one_out")
-SCALES = ("none", "std")
+from jaxdiff.config.schema import BASELINES, SCALES  # the names live in the config schema
 
 
 @dataclasses.dataclass(frozen=True)

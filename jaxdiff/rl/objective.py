@@ -42,7 +42,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-NORMALIZATIONS = ("seq-mean-token-mean", "token-mean")
+from jaxdiff.config.schema import NORMALIZATIONS  # the names live in the config schema
 
 
 @dataclasses.dataclass(frozen=True)
