@@ -29,14 +29,14 @@ def get_config(arg=None):
     c.lora.diffusion = base.lora_head(rank=16, alpha=32.0)   # the RL adapter (B = 0 at the start)
     r = c.rl
     r.suites = "synthetic-train"
-    r.prompt_length = 224                       # the SFT window: 264 tokens - the 40-token answer
+    r.prompt_length = 128                       # 92% of the training split's prompts (the longest: 222)
     r.prompts_per_batch, r.group_size = 4, 8
     r.batches = 100
     r.temperature = 1.0
     r.gen_length, r.block_length, r.steps = 40, 40, 40
     r.policy, r.attention, r.cache = "low_confidence", "bidirectional", "none"
-    r.estimator, r.shrink = "trace_replay", 1
-    r.mu = 2
+    r.estimator, r.shrink = "trace_replay", 4   # TraceRL's replay, 4 steps per forward (10 forwards, not 40)
+    r.mu = 1
     r.eps_low = r.eps_high = 0.2
     r.beta = 0.0
     r.baseline, r.scale = "mean", "none"
@@ -59,6 +59,7 @@ def get_runlocal_config():
     r = c.rl
     r.prompt_length = 64
     r.prompts_per_batch, r.group_size = 4, 2
+    r.shrink, r.mu = 1, 2                       # the exact replay: ratio 1 at the first iteration
     r.batches = 2
     r.gen_length, r.block_length, r.steps = 8, 8, 8
     r.checkpoint_every = 1

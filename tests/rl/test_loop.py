@@ -140,7 +140,7 @@ def test_only_the_rl_adapter_changes(env, sync):
 
 
 def test_overlap_samples_with_the_adapter_before_the_update(sync, overlap):
-    (s_out, s_ev), (o_out, o_ev) = sync, overlap
+    (_, s_ev), (o_out, o_ev) = sync, overlap
     assert [e["inflight"].version for e in o_ev] == [0, 0, 1]            # batch n + 1 sampled before update n
     assert [h["rollout/staleness"] for h in o_out["history"]] == [0, 1, 1]
     # batch 0 is the same run either way: same prompts, samples, rewards, update
@@ -213,7 +213,7 @@ def test_cli_two_batches_writes_tensorboard(env, tmp_path):
     assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [1, 2]
 
 
-def test_bad_config_values_and_keys_are_named(env, tmp_path):
+def test_shipped_configs_validate_and_bad_values_and_keys_are_named(env, tmp_path):
     def refused(match, **kw):
         c = config(env["sft"], env["tasks"], tmp_path)
         for k, v in kw.items():
@@ -228,6 +228,10 @@ def test_bad_config_values_and_keys_are_named(env, tmp_path):
     refused(r"config\.rl\.steps=3", rl__steps=3, rl__gen_length=16, rl__block_length=8)
     refused(r"config\.model\.checkpoint is empty", model__checkpoint="")
     refused(r"config\.lora\.full_training", lora__full_training=True)
+    for spec in ("rl_tiny.py", "rl_tiny.py:runlocal", "rl_qwen3_coder_30b_a3b.py"):   # the shipped configs
+        c = load_config_file(os.path.join(ROOT, "configs", spec))
+        c.model.checkpoint = c.model.checkpoint or "/ckpt/placeholder"
+        rl_config.validate(c)
     r = subprocess.run([sys.executable, "launch/rl.py", "--config", "configs/rl_tiny.py:runlocal",
                         "--config.rl.group_sise=3"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "group_sise" in r.stderr
