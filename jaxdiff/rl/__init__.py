@@ -1,1 +1,2 @@
-"""On-policy learning from verifier rewards: rollouts, rewards, advantages, the policy loss and the loop (docs/rl.md)."""
+"""On-policy learning from verifier rewards: rollouts, rewards, advantages, the policy loss and the
+loop (docs/rl.md)."""
