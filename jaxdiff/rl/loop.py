@@ -329,13 +329,15 @@ def train_rl(c, *, progress: bool = True, observe=None, model=None, tokenizer=No
                          "before": before, "after": run.trainable})
             bar.update(1)
             bar.set_postfix(reward=f"{m['reward/total']:.3f}", passed=f"{m['rollout/pass_rate']:.2f}")
-            if run.batch % r.checkpoint_every == 0 or run.batch == r.batches:
+            due = run.batch % r.checkpoint_every == 0 or run.batch == r.batches
+            if due:
                 save(run)
             inflight = nxt
             if stop.requested:
                 stopped = stop.requested
                 log.warning("%s received: saving after batch %d, then exiting", stopped, run.batch)
-                save(run, force=True)
+                if not due:
+                    save(run, force=True)
                 break
     run.manager.wait_until_finished()
     writer.close()

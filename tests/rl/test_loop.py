@@ -1,7 +1,7 @@
 """The on-policy loop (jaxdiff/rl/loop.py) on a seconds-long workdir: the RL adapter starts at zero
 (ratio 1 at the first inner iteration), only the adapter changes, overlap samples batch n + 1 with
-the adapter before update n and uses it as the old policy, resume is exact, the CLI writes its
-tensorboard events, bad config values are refused by name.
+the adapter before update n and uses it as the old policy, SIGTERM saves and resume is exact, the
+CLI writes its tensorboard events, bad config values are refused by name.
 
 The model is a one-layer dense tiny coder with random weights, so its completions are noise; the
 tasks are made for that: `def f(): return k` followed by an open comment, so a completion passes
@@ -11,6 +11,7 @@ model (built once) and one compile of the rollout and of the update; the CLI run
 reads those compiles from a persistent compilation cache the fixture turns on for this module."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -79,12 +80,19 @@ def config(sft, tasks, workdir, **rl):
     return c
 
 
-def run(env, name, **rl):
-    """train_rl on the shared model; (output, events observed after each batch)."""
+def run(env, name, stop_after=None, **rl):
+    """train_rl on the shared model; (output, events observed after each batch). stop_after=n: a
+    SIGTERM to this process once batch n is done."""
     events = []
+
+    def observe(event):
+        events.append(event)
+        if event["batch"] == stop_after:
+            os.kill(os.getpid(), signal.SIGTERM)
+
     with jax.threefry_partitionable(False):
         out = train_rl(config(env["sft"], env["tasks"], env["root"] / name, **rl), progress=False,
-                       observe=events.append, model=env["model"], tokenizer=env["tok"])
+                       observe=observe, model=env["model"], tokenizer=env["tok"])
     return out, events
 
 
@@ -169,15 +177,18 @@ def test_overlap_samples_with_the_adapter_before_the_update(sync, overlap):
     assert stale, "test set-up: no update on a stale batch"
 
 
-def test_resume_after_two_batches_is_exact(env, overlap):
+def test_sigterm_and_resume_are_exact(env, overlap):
     o_out, _ = overlap
-    first, _ = run(env, "resumed", overlap=True, batches=2)
-    second, ev = run(env, "resumed", overlap=True, batches=3)
-    assert [h["batch"] for h in second["history"]] == [3] and ev[0]["inflight"].version == 1
+    first, _ = run(env, "resumed", stop_after=0, overlap=True, batches=3)     # SIGTERM during batch 1
+    assert first["stopped"] == "SIGTERM" and first["batch"] == 1
+    second, _ = run(env, "resumed", overlap=True, batches=2)                  # resumes after batch 1
+    third, ev = run(env, "resumed", overlap=True, batches=3)                  # a longer run resumes after 2
+    assert [h["batch"] for h in second["history"] + third["history"]] == [2, 3]
+    assert ev[0]["inflight"].version == 1                                     # still sampled one update stale
     for k, v in _leaves(o_out["run"].trainable).items():
-        np.testing.assert_array_equal(_leaves(second["run"].trainable)[k], v, err_msg=k)
+        np.testing.assert_array_equal(_leaves(third["run"].trainable)[k], v, err_msg=k)
     keys = ("reward/total", "policy/loss", "policy/ratio_mean", "advantage/dropped_groups")
-    assert [[h.get(k) for k in keys] for h in first["history"] + second["history"]] == \
+    assert [[h.get(k) for k in keys] for h in first["history"] + second["history"] + third["history"]] == \
         [[h.get(k) for k in keys] for h in o_out["history"]]
     lines = [json.loads(x) for x in open(env["root"] / "resumed" / "rl_samples.jsonl")]
     assert [r["batch"] for r in lines] == [b for b in range(3) for _ in range(8)]
