@@ -115,7 +115,8 @@ def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | 
 
 
 def token_positions(valid: jax.Array) -> jax.Array:
-    """Position ids [B, L] of a left-padded call: real tokens count from 0, padding repeats 0."""
+    """Position ids [B, L]: real tokens count from 0 (left padding gets 0, trailing padding the last
+    real position); padding is never seen, so its positions do not matter."""
     return jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
 
 

@@ -56,22 +56,26 @@ def test_loss_equals_numpy_bd3lm():
     batch = {"tokens": jnp.asarray(x0), "valid": jnp.asarray(valid), "prompt_lengths": jnp.asarray(plen, jnp.int32)}
     obj = ObjectiveConfig(kind="block_diffusion", block_size=bs, sft=True, time_eps=0.2, time_max=0.9)
     key = jax.random.key(5)
-    loss, metrics = jax.jit(lambda k: block_diffusion_head(model, batch, k, 0, obj))(key)
+    k_noise = jax.random.split(key)[1]
+    maskable = valid & (np.arange(l)[None] >= plen[:, None])
+
+    @jax.jit
+    def head_and_noise(key, k_noise):
+        noise = block_diffusion_noise(k_noise, batch["tokens"], batch["valid"], batch["prompt_lengths"],
+                                      jnp.asarray(maskable), obj, MASK, cfg.vocab_size)
+        return block_diffusion_head(model, batch, key, 0, obj), noise
+
+    (loss, metrics), (noisy, _, t_jax) = head_and_noise(key, k_noise)
 
     # BD3LM's forward process from the head's uniforms
-    k_noise = jax.random.split(key)[1]
     k_t, k_mask, _ = jax.random.split(k_noise, 3)
     n_blocks = -(-l // bs)
     t_blocks = np_sample_t(np.asarray(jax.random.uniform(k_t, (b, n_blocks)), np.float64), 0.2, 0.9)
     pos = np.arange(l)[None]
     answer_block = np.maximum(np.where(pos < plen[:, None], 0, 1 + (pos - plen[:, None]) // bs) - 1, 0)
     t = np.take_along_axis(t_blocks, answer_block, 1)
-    maskable = valid & (pos >= plen[:, None])
     move = (np.asarray(jax.random.uniform(k_mask, (b, l))) < t.astype(np.float32)) & maskable
     xt = np.where(move, MASK, x0)
-    noisy, _, t_jax = jax.jit(lambda: block_diffusion_noise(k_noise, batch["tokens"], batch["valid"],
-                                                            batch["prompt_lengths"], jnp.asarray(maskable), obj,
-                                                            MASK, cfg.vocab_size))()
     np.testing.assert_array_equal(np.asarray(noisy), xt)
     np.testing.assert_allclose(np.asarray(t_jax)[maskable], t[maskable], rtol=1e-6)
     assert move.any() and (~move & maskable).any()
