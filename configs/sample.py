@@ -30,7 +30,7 @@ def get_config(arg=None):
     c.policy = "low_confidence"  # low_confidence | random | random_topk[:noise] | margin | entropy | threshold[:t]
     c.temperature = 0.0
     c.cfg_scale = 0.0
-    c.attention = "bidirectional"  # bidirectional | block
+    c.attention = "auto"       # auto (block_diffusion for such a model, else bidirectional) | bidirectional | block
     c.cache = "auto"           # auto | none | block | prefix | dual
     c.stop_at_eos = True
     c.scaffold_max_tokens = 64 # mode=scaffold: AR tokens at most

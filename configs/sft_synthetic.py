@@ -10,6 +10,10 @@ rows: the task's prompt, then its reference body and EOS; the prompt is never no
 `model.checkpoint` is the pre-training run's workdir: its trained model (every weight, mask row
 included) and its tokenizer are the starting point, and every weight keeps training.
 `configs/sft_synthetic.py:runlocal` is a seconds-long variant on `tiny_coder.py:runlocal`'s workdir.
+
+Measured (docs/benchmarks.md): two 600-step runs, the second from the first's workdir
+(`--config.model.checkpoint=runs/sft_synthetic --config.workdir=runs/sft_synthetic_2`), reach
+18.4% greedy pass@1 on the held-out constants (2.3% after the first).
 """
 from jaxdiff.config import defaults as base
 
@@ -33,13 +37,13 @@ def get_config(arg=None):
     c.objective.diffusion_weight = 1.0
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 10
-    c.optimizer.total_steps = 300
+    c.optimizer.total_steps = 600
     c.optimizer.weight_decay = 0.01
-    c.train.steps = 300
+    c.train.steps = 600
     c.train.log_every = 10
-    c.train.eval_every = 100
+    c.train.eval_every = 300
     c.train.eval_batches = 4
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 300
     c.sample.prompt = 'def add_7(x):\n    """Return x plus 7.\n    >>> add_7(1)\n    8\n    """\n'
     c.sample.gen_length = 40
     c.sample.block_length = 40

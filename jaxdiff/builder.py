@@ -134,8 +134,9 @@ def load_base(path: str | os.PathLike, *, dtype=None, mesh=None, rules=None,
 def attach_heads(model, c, tokenizer=None, *, mask_token_id: int | None = None, seed: int | None = None) -> None:
     """The parts a run adds to its base: the mask token (at the tokenizer's `<|mask|>`, or
     `mask_token_id`; a base that already has a trained one, i.e. a workdir's model, keeps it), the
-    LoRA heads its objective trains (none in full training), the length head. Structural, done
-    once before the model is used."""
+    LoRA heads its objective trains (none in full training), the length head, and two static
+    attributes the sampler reads: `objective_kind` (masked | block_diffusion) and
+    `objective_block_size`. Structural, done once before the model is used."""
     seed = c.seed if seed is None else seed
     if model.config.mask_token_id is None:
         add_mask_token(model, tokenizer=tokenizer, mask_token_id=mask_token_id, trainable=c.mask_token.trainable)
@@ -147,6 +148,8 @@ def attach_heads(model, c, tokenizer=None, *, mask_token_id: int | None = None, 
                 add_lora(model, h, lora_spec(c, h), seed=seed)
     if c.objective.length_weight:
         add_length_head(model, schema.length_edges(c), hidden=c.length_head.hidden, seed=seed)
+    # what the diffusion head is trained for, so the sampler can match it (static, not a weight)
+    model.objective_kind, model.objective_block_size = c.objective.kind, int(c.objective.block_size)
 
 
 def build_model_from_config(c, tokenizer, *, mesh=None) -> model_lib.Qwen3:

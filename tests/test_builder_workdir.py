@@ -50,3 +50,16 @@ def test_a_lora_run_workdir_is_refused_naming_the_field(tmp_path):
     tok = builder.tokenizer_for(c, str(tmp_path / "sft"))
     with pytest.raises(schema.ConfigValueError, match="config.model.checkpoint=.*full-training"):
         builder.build_model_from_config(c, tok)
+
+
+def test_the_saved_objective_sets_the_samplers_default_attention(pretrained):
+    """A workdir's saved config says which objective trained it; the model the builder rebuilds
+    carries it, and `generate`'s attention="auto" follows it (block_diffusion: the block cache)."""
+    from jaxdiff.sample.sampler import resolve_attention
+
+    saved = builder.saved_run_config(pretrained)
+    assert saved.objective.kind == "masked"                    # the default, also for older workdirs
+    saved.objective.kind, saved.objective.block_size = "block_diffusion", 4
+    model, _, _ = builder.load_workdir(pretrained, config=saved)
+    assert (model.objective_kind, model.objective_block_size) == ("block_diffusion", 4)
+    assert resolve_attention(model, "auto", 4) == "block_diffusion"

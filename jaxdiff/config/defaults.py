@@ -40,7 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
         ar=lora_head(), diffusion=lora_head(), length=lora_head(rank=8, alpha=16.0)))
     c.length_head = ml_collections.ConfigDict(dict(edges="32,64,128,256,512,1024", hidden=256))
     c.objective = ml_collections.ConfigDict(dict(
-        schedule="linear", schedule_exponent=2.0, time_eps=1e-3, antithetic=True, min_masking_rate=0.0,
+        kind="masked",            # masked (LLaDA/MDLM) | block_diffusion (BD3LM: x0 ⊕ xt, one t per block)
+        schedule="linear", schedule_exponent=2.0, time_eps=1e-3,
+        time_max=1.0,             # t ∈ (time_eps, time_max]; BD3LM's clipped range, e.g. 0.3 / 0.8
+        block_size_schedule="",   # block_diffusion: "SIZE@STEP,..." growing blocks (last = block_size)
+        antithetic=True, min_masking_rate=0.0,
         reweight_cap=0.0, loss="llada", label_smoothing=0.1, span_prob=0.0, random_replace=0.0,
         shorten_prob=0.0, stage2_step=-1, edit_fraction=0.1, edit_weight=1.0, attention="bidirectional",
         block_size=32, sft=False, ar_weight=0.0, diffusion_weight=1.0, length_weight=0.0, vocab_chunk=8192,

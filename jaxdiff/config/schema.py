@@ -8,6 +8,7 @@ REMAT_POLICIES = ("full", "dots")
 MOE_DISPATCH = ("auto", "gspmd", "all_to_all")
 SCHEDULES = ("linear", "cosine", "power", "sigmoid")
 LOSSES = ("llada", "mdlm", "soft_ce")
+OBJECTIVES = ("masked", "block_diffusion")   # objective.kind
 OPTIMIZERS = ("adamw", "lion", "adafactor")
 DECAYS = ("cosine", "linear", "constant")
 DATA_KINDS = ("code", "text", "sft")
@@ -21,7 +22,8 @@ PROMPT_FORMATS = ("raw", "chat")                          # rl: the prompt as te
 CHOICES = {
     "model.attention_impl": ATTENTION_IMPLS, "model.dtype": ("", "float32", "bfloat16"),
     "model.remat_policy": REMAT_POLICIES, "model.moe_dispatch": MOE_DISPATCH,
-    "objective.schedule": SCHEDULES, "objective.loss": LOSSES, "objective.attention": ("bidirectional", "block"),
+    "objective.kind": OBJECTIVES, "objective.schedule": SCHEDULES, "objective.loss": LOSSES,
+    "objective.attention": ("bidirectional", "block"),
     "optimizer.name": OPTIMIZERS, "optimizer.decay": DECAYS, "data.kind": DATA_KINDS,
     "rl.estimator": ESTIMATORS, "rl.baseline": BASELINES, "rl.scale": SCALES, "rl.normalization": NORMALIZATIONS,
     "rl.attention": ("bidirectional", "block"), "rl.prompt_format": PROMPT_FORMATS,
@@ -67,6 +69,12 @@ def validate(c) -> None:
     if not c.model.checkpoint and not c.lora.full_training:
         raise ConfigValueError("config.lora.full_training must be True when config.model.checkpoint is empty "
                                "(a from-scratch model has no pretrained base to freeze)")
+    _validate_times(c.objective)
+    if c.objective.kind == "block_diffusion":
+        _validate_block_diffusion(c.objective)
+    elif c.objective.block_size_schedule:
+        raise ConfigValueError(f"config.objective.block_size_schedule={c.objective.block_size_schedule!r}: "
+                               "growing blocks need config.objective.kind='block_diffusion'")
     if c.objective.length_weight and not c.objective.sft:
         raise ConfigValueError("config.objective.length_weight needs SFT data (prompt/answer pairs)")
     for h in HEADS:
@@ -103,6 +111,48 @@ def validate_rl(r) -> None:
         bad("resume_batch", "-1 (the newest readable checkpoint) or a batch count")
     if not [s for s in r.suites.split(",") if s.strip()]:
         bad("suites", "name at least one task suite (e.g. synthetic-train)")
+
+
+def _validate_times(o) -> None:
+    if not 0 < o.time_eps < o.time_max <= 1:
+        raise ConfigValueError(f"config.objective.time_eps={o.time_eps!r}, config.objective.time_max={o.time_max!r}: "
+                               "need 0 < time_eps < time_max <= 1")
+
+
+def _validate_block_diffusion(o) -> None:
+    """What the block-diffusion objective cannot combine with, by field."""
+    if o.span_prob > 0:
+        raise ConfigValueError(f"config.objective.span_prob={o.span_prob!r}: spans are per row; "
+                               "objective.kind='block_diffusion' noises each block on its own (use 0)")
+    if o.stage2_step >= 0:
+        raise ConfigValueError(f"config.objective.stage2_step={o.stage2_step!r}: edit corruption is for "
+                               "objective.kind='masked' (use -1 with block_diffusion)")
+    block_size_schedule(o)
+
+
+def block_size_schedule(o) -> tuple[tuple[int, int], ...]:
+    """objective.block_size_schedule "SIZE@STEP,..." -> ((from_step, size), ...), sorted; () when
+    empty (objective.block_size throughout). The first entry starts at step 0 and the last size is
+    objective.block_size (what the model is sampled with)."""
+    text = o.block_size_schedule.strip()
+    if not text:
+        return ()
+    field = f"config.objective.block_size_schedule={o.block_size_schedule!r}"
+    try:
+        pairs = [tuple(int(x) for x in item.split("@")) for item in text.split(",")]
+    except ValueError:
+        raise ConfigValueError(f"{field}: comma-separated SIZE@STEP pairs, e.g. '4@0,8@200,16@400'") from None
+    if any(len(p) != 2 for p in pairs):
+        raise ConfigValueError(f"{field}: comma-separated SIZE@STEP pairs, e.g. '4@0,8@200,16@400'")
+    steps = [step for _, step in pairs]
+    if steps[0] != 0 or steps != sorted(set(steps)):
+        raise ConfigValueError(f"{field}: steps must start at 0 and strictly increase")
+    if any(size <= 0 for size, _ in pairs):
+        raise ConfigValueError(f"{field}: block sizes must be > 0")
+    if pairs[-1][0] != o.block_size:
+        raise ConfigValueError(f"{field}: the last size must be config.objective.block_size={o.block_size} "
+                               "(the block size the model is sampled with)")
+    return tuple((step, size) for size, step in pairs)
 
 
 def length_edges(c) -> tuple[int, ...]:

@@ -9,6 +9,10 @@ reductions then weight those per-token terms as published:
           SFT variant:    sum_b sum_{i masked in b} nll_i / p_i / answer_len_b   / B
   mdlm    (MDLM eq. 10):  sum_{i masked} nll_i * p'(t_b) / p(t_b)           / (B * L)
   soft_ce (label smoothing eps): ((1 - eps) nll_i + eps * mean_v(-log q_v)) / p_i, reduced as llada
+
+Block diffusion (BD3LM) weights the same per-token terms (p_i is then the t of token i's block; under
+the linear schedule all three weights are BD3LM's 1/t) and averages over the tokens the model learns
+to generate (`block_diffusion_loss`).
 """
 from __future__ import annotations
 
@@ -102,12 +106,8 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     return TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
 
 
-def diffusion_loss(stats: TokenStats, loss_mask: jax.Array, p_mask: jax.Array, *, kind: str = "llada",
-                   dp_mask: jax.Array | None = None, label_smoothing: float = 0.1,
-                   answer_lengths: jax.Array | None = None, reweight_cap: float | None = None) -> jax.Array:
-    """Scalar loss. stats fields and loss_mask [B, L]; p_mask [B, L] (the mask probability the
-    position was noised with); dp_mask [B, L] = p'(t) for `mdlm`; answer_lengths [B] switches to the
-    SFT normalisation (per-example answer length, then mean over the batch)."""
+def _weighted_terms(stats: TokenStats, loss_mask, p_mask, kind, dp_mask, label_smoothing, reweight_cap):
+    """[B, L] per-token loss terms: (nll or smoothed CE) times the kind's weight, 0 off loss_mask."""
     if kind not in LOSSES:
         raise ValueError(f"loss kind {kind!r}; choose from {LOSSES}")
     if kind == "mdlm":
@@ -121,11 +121,31 @@ def diffusion_loss(stats: TokenStats, loss_mask: jax.Array, p_mask: jax.Array, *
     per_token = stats.nll
     if kind == "soft_ce":
         per_token = (1.0 - label_smoothing) * stats.nll + label_smoothing * stats.mean_nll
-    terms = jnp.where(loss_mask, per_token * weight, 0.0)
+    return jnp.where(loss_mask, per_token * weight, 0.0)
+
+
+def diffusion_loss(stats: TokenStats, loss_mask: jax.Array, p_mask: jax.Array, *, kind: str = "llada",
+                   dp_mask: jax.Array | None = None, label_smoothing: float = 0.1,
+                   answer_lengths: jax.Array | None = None, reweight_cap: float | None = None) -> jax.Array:
+    """Scalar loss. stats fields and loss_mask [B, L]; p_mask [B, L] (the mask probability the
+    position was noised with); dp_mask [B, L] = p'(t) for `mdlm`; answer_lengths [B] switches to the
+    SFT normalisation (per-example answer length, then mean over the batch)."""
+    terms = _weighted_terms(stats, loss_mask, p_mask, kind, dp_mask, label_smoothing, reweight_cap)
     b, l = loss_mask.shape
     if answer_lengths is None:
         return jnp.sum(terms) / (b * l)
     return jnp.sum(jnp.sum(terms, axis=1) / jnp.maximum(answer_lengths, 1)) / b
+
+
+def block_diffusion_loss(stats: TokenStats, loss_mask: jax.Array, p_mask: jax.Array, eligible: jax.Array, *,
+                         kind: str = "llada", dp_mask: jax.Array | None = None, label_smoothing: float = 0.1,
+                         reweight_cap: float | None = None) -> jax.Array:
+    """BD3LM's loss: the weighted terms of the masked positions (loss_mask) summed, over the number
+    of eligible tokens [B, L] (real tokens in pretraining, answer tokens in SFT): BD3LM's token mean,
+    where an unmasked token contributes 0 (SUBS carries it over). p_mask [B, L]: each token's block's
+    mask probability (= t under the linear schedule, so llada's 1/p is BD3LM's 1/t)."""
+    terms = _weighted_terms(stats, loss_mask, p_mask, kind, dp_mask, label_smoothing, reweight_cap)
+    return jnp.sum(terms) / jnp.maximum(jnp.sum(eligible), 1)
 
 
 def masked_accuracy(stats: TokenStats, loss_mask: jax.Array) -> jax.Array:

@@ -50,14 +50,27 @@ class Schedule:
         return self.scale * s * (1.0 - s) / (hi - lo)
 
 
-def sample_times(key: jax.Array, batch: int, *, eps: float = 1e-3, antithetic: bool = False) -> jax.Array:
-    """t [B] in (eps, 1]. `antithetic` spreads one uniform draw over B evenly spaced strata
+def sample_times(key: jax.Array, batch: int, *, eps: float = 1e-3, t_max: float = 1.0,
+                 antithetic: bool = False) -> jax.Array:
+    """t [B] in (eps, t_max]. `antithetic` spreads one uniform draw over B evenly spaced strata
     (low-discrepancy sampling, as in MDLM/VDM), which lowers the loss variance per batch."""
     if antithetic:
         u = (jax.random.uniform(key, ()) + jnp.arange(batch) / batch) % 1.0
     else:
         u = jax.random.uniform(key, (batch,))
-    return eps + (1.0 - eps) * (1.0 - u)  # 1 - u lies in (0, 1]
+    return eps + (t_max - eps) * (1.0 - u)  # 1 - u lies in (0, 1]
+
+
+def sample_block_times(key: jax.Array, batch: int, n_blocks: int, *, t_min: float = 1e-3, t_max: float = 1.0,
+                       antithetic: bool = True) -> jax.Array:
+    """Block diffusion (BD3LM `_sample_t`): one t per (row, block), uniform on [t_min, t_max) (BD3LM's
+    clipped range; 1e-3, 1 unclipped). `antithetic`: the B * n_blocks draws are stratified, draw i
+    (row-major) falling in the i-th of B * n_blocks equal strata of [0, 1)."""
+    u = jax.random.uniform(key, (batch, n_blocks))
+    if antithetic:
+        n = batch * n_blocks
+        u = (u / n + jnp.arange(n).reshape(batch, n_blocks) / n) % 1.0
+    return t_min + (t_max - t_min) * u
 
 
 def clamp_mask_prob(p: jax.Array, min_masking_rate: float = 0.0) -> jax.Array:

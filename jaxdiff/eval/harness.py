@@ -52,7 +52,7 @@ class Settings:
     steps: int | None = None          # None: one per answer token
     policy: str = "low_confidence"
     temperature: float = 0.0
-    attention: str = "bidirectional"
+    attention: str = "auto"           # the model's own (sample.resolve_attention)
     cache: str = "auto"
     n_samples: int = 1
     batch_size: int = 8

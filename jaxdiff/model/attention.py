@@ -4,13 +4,24 @@ Einsum letters: B batch, Q query length, S key length, N query heads, K kv heads
 heads per kv head, H head dim, D model width.
 
 Which key a query may see is given by O(L) data, never by a materialised [B, N, L, L] mask:
-every token carries a *visibility rank* r and keys carry a validity bit; query q sees key s iff
-`valid[s] and rank[s] <= rank[q]`. The modes are choices of rank:
-  causal        r = position                      (sees itself and everything before)
-  bidirectional r = 0                             (sees every valid token)
-  block         r = 0 for the prompt, 1 + (pos - prompt_len) // block_size after it
-                                                  (sees its own block and all earlier blocks)
-The same rule covers cached keys, so block decoding with a cache is exact.
+every token carries a *visibility rank* r (its block id) and, optionally, a *noisy* flag n; keys
+also carry a validity bit. Query q sees key s iff valid[s] and
+
+  s clean:  r[s] + n[q] <= r[q]            (a clean query sees clean keys of its own and earlier
+                                             blocks; a noisy query only those of earlier blocks)
+  s noisy:  n[q] and r[s] == r[q]           (noisy keys are seen only by their own noisy block)
+
+Without noisy tokens this is `r[s] <= r[q]`, and the modes are choices of rank:
+  causal          r = position                      (sees itself and everything before)
+  bidirectional   r = 0                             (sees every valid token)
+  block           r = 0 for the prompt, 1 + (pos - prompt_len) // block_size after it
+                                                    (sees its own block and all earlier blocks)
+  block_diffusion the input is x0 ⊕ xt (BD3LM): the clean copy x0 with block ranks as in `block`,
+                  then the noisy copy xt with the same positions and ranks, flagged noisy. A noisy
+                  block sees itself and the clean blocks strictly before it, never an earlier noisy
+                  block; clean tokens see clean blocks block-causally.
+The same rule covers cached keys (always clean), so block decoding with a cache is exact, also for a
+block-diffusion model: the block being denoised sees itself and the clean blocks before it.
 """
 from __future__ import annotations
 
@@ -26,7 +37,7 @@ from jaxdiff.model.options import ATTENTION_IMPLS as IMPLEMENTATIONS
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel import shard
 
-MODES = ("causal", "bidirectional", "block")
+MODES = ("causal", "bidirectional", "block", "block_diffusion")
 # IMPLEMENTATIONS:
 # "reference": plain einsum over the whole [Q, S] score matrix (the parity reference).
 # "chunked":   the same math one query chunk at a time (memory O(chunk * S)); the default.
@@ -35,18 +46,36 @@ MODES = ("causal", "bidirectional", "block")
 _NEG = float(jnp.finfo(jnp.float32).min)
 
 
+def allowed_mask(q_rank, k_rank, k_valid, q_noisy=None, k_noisy=None) -> jax.Array:
+    """The one visibility rule (module docstring) as a boolean [B, 1, Q, S], from per-token
+    descriptors: ranks q_rank [B, Q] / k_rank [B, S], k_valid [B, S], noisy flags [B, Q] / [B, S]
+    (None: every token clean). Built per query chunk by the chunked path."""
+    qr, kr = q_rank[:, None, :, None], k_rank[:, None, None, :]
+    valid = k_valid[:, None, None, :]
+    if q_noisy is None and k_noisy is None:
+        return valid & (kr <= qr)
+    qn = (jnp.zeros_like(q_rank, bool) if q_noisy is None else q_noisy)[:, None, :, None]
+    kn = (jnp.zeros_like(k_rank, bool) if k_noisy is None else k_noisy)[:, None, None, :]
+    clean_key = kr + qn.astype(kr.dtype) <= qr
+    noisy_key = qn & (kr == qr)
+    return valid & jnp.where(kn, noisy_key, clean_key)
+
+
 @struct.dataclass
 class Visibility:
-    """Per-token attention structure: q_rank [B, Q], k_rank [B, S], k_valid [B, S]."""
+    """Per-token attention structure: q_rank [B, Q], k_rank [B, S], k_valid [B, S]; q_noisy [B, Q]
+    and k_noisy [B, S] flag the noisy copy of a block-diffusion input (None: all clean)."""
 
     q_rank: jax.Array
     k_rank: jax.Array
     k_valid: jax.Array
+    q_noisy: jax.Array | None = None
+    k_noisy: jax.Array | None = None
 
     def allowed(self, q_slice=slice(None)) -> jax.Array:
         """Boolean [B, 1, Q, S] (materialised only by the reference and fused paths)."""
-        q = self.q_rank[:, q_slice]
-        return (self.k_valid[:, None, None, :] & (self.k_rank[:, None, None, :] <= q[:, None, :, None]))
+        q_noisy = None if self.q_noisy is None else self.q_noisy[:, q_slice]
+        return allowed_mask(self.q_rank[:, q_slice], self.k_rank, self.k_valid, q_noisy, self.k_noisy)
 
 
 def _scores_to_out(q, k, v, allowed, bias, scale):
@@ -77,12 +106,14 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, bias: j
     n_chunks = (nq + pad) // chunk
     qp = jnp.pad(qg, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
     rp = jnp.pad(vis.q_rank, ((0, 0), (0, pad)))
+    noisy_p = None if vis.q_noisy is None else jnp.pad(vis.q_noisy, ((0, 0), (0, pad)))
     bp = None if bias is None else jnp.pad(jnp.broadcast_to(bias, (b, 1, nq, k.shape[1])),
                                            ((0, 0), (0, 0), (0, pad), (0, 0)))
 
     def one(i):
         sl = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis)
-        allowed = vis.k_valid[:, None, None, :] & (vis.k_rank[:, None, None, :] <= sl(rp, 1)[:, None, :, None])
+        q_noisy = None if noisy_p is None else sl(noisy_p, 1)
+        allowed = allowed_mask(sl(rp, 1), vis.k_rank, vis.k_valid, q_noisy, vis.k_noisy)
         return _scores_to_out(sl(qp, 1), k, v, allowed, None if bp is None else sl(bp, 2), scale)
 
     out = jax.lax.map(one, jnp.arange(n_chunks))  # [C, B, chunk, K, G, H]

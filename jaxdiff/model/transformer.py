@@ -99,7 +99,8 @@ def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | 
                      prompt_lengths: jax.Array | None = None, cache: KVCache | None = None) -> jax.Array:
     """Visibility rank [B, L] of each token of a call (the one rule; see attention.py). Without a
     cache in block mode the first prompt_lengths real tokens of a row are block 0, then blocks of
-    block_size; with a cache in block mode the whole call is the cache's next block."""
+    block_size (block_diffusion: the same, for each copy's own positions); with a cache in block
+    mode the whole call is the cache's next block."""
     if attention == "causal":
         return positions
     if attention == "bidirectional":
@@ -107,10 +108,26 @@ def visibility_ranks(attention: str, positions: jax.Array, *, block_size: int | 
     if cache is not None:
         return jnp.broadcast_to(cache.next_rank[:, None], positions.shape)
     if block_size is None or block_size <= 0:
-        raise ValueError("attention='block' needs block_size > 0")
+        raise ValueError(f"attention={attention!r} needs block_size > 0")
     plen = jnp.zeros(positions.shape[:1], jnp.int32) if prompt_lengths is None else prompt_lengths
     rel = positions - plen[:, None]
     return jnp.where(rel < 0, 0, 1 + rel // block_size).astype(jnp.int32)
+
+
+def token_positions(valid: jax.Array) -> jax.Array:
+    """Position ids [B, L]: real tokens count from 0 (left padding gets 0, trailing padding the last
+    real position); padding is never seen, so its positions do not matter."""
+    return jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+
+
+def block_diffusion_layout(valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """x0 ⊕ xt: validity [B, 2L] -> (positions [B, 2L], noisy [B, 2L]). The noisy copy reuses the
+    clean copy's position ids (each copy has the same padding); the second half is flagged noisy."""
+    b, l2 = valid.shape
+    if l2 % 2:
+        raise ValueError(f"attention='block_diffusion' takes x0 ⊕ xt (an even length), got length {l2}")
+    pos = token_positions(valid[:, :l2 // 2])
+    return jnp.concatenate([pos, pos], axis=1), jnp.broadcast_to(jnp.arange(l2) >= l2 // 2, (b, l2))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,19 +176,30 @@ class Qwen3(nnx.Module):
         attention: "causal" | "bidirectional" | "block" (block needs block_size; without a cache the
           first `prompt_lengths` real tokens of each row form block 0, then blocks of block_size).
           With a cache in block mode, the whole call is one block.
+          "block_diffusion": tokens [B, 2L] are x0 ⊕ xt (clean copy, then noisy copy; BD3LM), blocks
+          as in block mode for each copy, the noisy copy at the clean copy's positions (see
+          attention.py for who sees whom). Hidden states and logits cover both copies; no cache.
         padding_mask [B, L]: True for real tokens (left padding expected); positions skip padding.
+          block_diffusion: [B, 2L], each copy's padding (the same for both).
         bias [B, 1, L, S]: additive attention bias, S = cached slots + L.
         """
         if attention not in MODES:
             raise ValueError(f"attention={attention!r}; choose from {MODES}")
         b, l = tokens.shape
         valid = jnp.ones((b, l), bool) if padding_mask is None else padding_mask.astype(bool)
-        offset = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
-        positions = offset[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+        noisy = None
+        if attention == "block_diffusion":
+            if cache is not None:
+                raise ValueError("attention='block_diffusion' is the x0 ⊕ xt training layout; decode with "
+                                 "attention='block' and a cache (exact for a block-diffusion model)")
+            positions, noisy = block_diffusion_layout(valid)
+        else:
+            offset = jnp.zeros((b,), jnp.int32) if cache is None else cache.next_pos
+            positions = offset[:, None] + token_positions(valid)
         rank = visibility_ranks(attention, positions, block_size=block_size, prompt_lengths=prompt_lengths,
                                 cache=cache)
         if cache is None:
-            vis = Visibility(rank, rank, valid)
+            vis = Visibility(rank, rank, valid, noisy, noisy)
         else:
             vis = Visibility(rank, jnp.concatenate([cache.rank, rank], 1), jnp.concatenate([cache.valid, valid], 1))
         x = self.model.embed_tokens(tokens, self.config.mask_token_id).astype(self.dtype)

@@ -6,10 +6,17 @@ every position and the policy commits the best masked positions of the current b
 per step split as evenly as possible, remainder on the first steps; threshold policies commit
 what clears the threshold, at least one). Committed tokens never change.
 
+Attention (`attention=`): "bidirectional"; "block" (blocks aligned to the prompt's end, each seeing
+itself and the blocks before it); "block_diffusion" for a model trained by the block-diffusion
+objective: the block being denoised sees itself and the clean (committed) blocks before it. Without a
+cache a block_diffusion step runs the training layout x0 ⊕ xt over the whole sequence; "auto" picks
+block_diffusion for such a model (`objective_kind`, set from the workdir's config), else bidirectional.
+
 Caches (`cache=`):
   none    every step runs the whole sequence (exact, the reference)
-  block   attention="block": prompt and finished blocks are cached once, a step runs only the
-          current block. Exact: in block attention nothing earlier can see what comes later.
+  block   attention="block" or "block_diffusion": prompt and finished blocks are cached once, a step
+          runs only the current block. Exact: nothing earlier can see what comes later, and for
+          block diffusion the cache holds exactly the clean blocks a noisy block may see.
   prefix  attention="bidirectional", Fast-dLLM prefix cache: at each block's first step the whole
           sequence runs and the keys/values before the block are kept for the block's other steps,
           which run the block and everything after it. Approximate (the prefix's keys no longer
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 
 import jax
@@ -40,6 +48,8 @@ from jaxdiff.model.lora import ActiveHead
 from jaxdiff.sample.policies import get_policy
 
 CACHES = ("auto", "none", "block", "prefix", "dual")
+ATTENTIONS = ("auto", "bidirectional", "block", "block_diffusion")
+log = logging.getLogger("jaxdiff.sample")
 
 
 @dataclasses.dataclass
@@ -249,8 +259,19 @@ class _Call:
 # One function per cache strategy: each returns (logits_at(x) for the block's window, the first
 # step's logits when its cache-filling pass already computed them (else None), extra forward passes).
 def no_cache(call: _Call, x, start: int, end: int, cache=None):
-    """Every step runs the whole sequence (exact, the reference)."""
+    """Every step runs the whole sequence (exact, the reference). block_diffusion: the training
+    layout x0 ⊕ xt, both copies x; the block's noisy copy sees only itself and the clean copy's
+    earlier blocks (prompt and committed blocks), so the masks x0 still holds there are never seen."""
     s = call.s
+    if s.attention == "block_diffusion":
+        def logits_at(x):
+            xe = call.expand(x, 0)
+            h = call.hidden(jnp.concatenate([xe, xe], axis=1), attention="block_diffusion",
+                            block_size=s.block_length, prompt_lengths=call.rep(call.plen),
+                            padding_mask=jnp.concatenate([call.rep(call.valid)] * 2, axis=1)).hidden
+            return call.logits(h, call.total + start, call.total + end)
+
+        return logits_at, None, 0
 
     def logits_at(x):
         h = call.hidden(call.expand(x, 0), attention=s.attention, block_size=s.block_length,
@@ -261,7 +282,8 @@ def no_cache(call: _Call, x, start: int, end: int, cache=None):
 
 
 def block_cache(call: _Call, x, start: int, end: int, cache):
-    """attention='block': prompt and finished blocks are cached; a step runs the block alone (exact)."""
+    """attention='block' or 'block_diffusion': prompt and finished (clean) blocks are cached; a step
+    runs the block alone (exact for both)."""
     def logits_at(x):
         h = call.hidden(call.expand(x[:, start:end], start), attention="block", cache=cache).hidden
         return call.logits(h, 0, end - start)
@@ -411,6 +433,22 @@ def active_head(model, head: str | None) -> str | None:
     return head if head in getattr(model, "lora_heads", ()) else None
 
 
+def resolve_attention(model, attention: str, block_length: int) -> str:
+    """The sampler's attention: `attention`, or for "auto" what the model's diffusion head was
+    trained for (block_diffusion for a block-diffusion model, else bidirectional). A block-diffusion
+    model sampled with blocks of another size than it was trained on is warned about."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention={attention!r}; choose from {ATTENTIONS}")
+    block_diffusion = getattr(model, "objective_kind", "masked") == "block_diffusion"
+    if attention == "auto":
+        attention = "block_diffusion" if block_diffusion else "bidirectional"
+    trained = getattr(model, "objective_block_size", None)
+    if block_diffusion and attention != "bidirectional" and trained and trained != block_length:
+        log.warning("the model was trained with block diffusion at block_size=%d; sampling with block_length=%d",
+                    trained, block_length)
+    return attention
+
+
 def as_batch(ids, name: str) -> jax.Array:
     """Token ids as int32 [batch, length], or an error naming the argument."""
     x = jnp.asarray(ids, jnp.int32)
@@ -437,7 +475,7 @@ def _length_jit(graphdef, state, prompt_ids, prompt_mask):
 
 def sampler_settings(model, *, gen_length: int, block_length: int, steps: int | None = None,
                      policy="low_confidence", temperature: float = 0.0, cfg_scale: float = 0.0,
-                     mask_id: int | None = None, attention: str = "bidirectional", cache: str = "auto",
+                     mask_id: int | None = None, attention: str = "auto", cache: str = "auto",
                      stop_at_eos: bool = True, lora: str | None = "diffusion", on_block: Callable | None = None,
                      trace: bool = False) -> SamplerSettings:
     """The checked static settings of a sampling call, from `generate`'s arguments (gen_length an
@@ -453,13 +491,13 @@ def sampler_settings(model, *, gen_length: int, block_length: int, steps: int | 
     steps = gen_length if steps is None else steps
     if steps <= 0 or steps % n_blocks:
         raise ValueError(f"steps={steps} is not a positive multiple of the number of blocks ({n_blocks})")
-    if attention not in ("bidirectional", "block"):
-        raise ValueError(f"attention={attention!r}; choose bidirectional or block")
+    attention = resolve_attention(model, attention, block_length)
     if cache not in CACHES:
         raise ValueError(f"cache={cache!r}; choose from {CACHES}")
-    cache = ("block" if attention == "block" else "none") if cache == "auto" else cache
-    if cache == "block" and attention != "block":
-        raise ValueError("cache='block' is exact only for attention='block'; use prefix or dual for bidirectional")
+    cache = ("none" if attention == "bidirectional" else "block") if cache == "auto" else cache
+    if cache == "block" and attention == "bidirectional":
+        raise ValueError("cache='block' is exact only for attention='block' or 'block_diffusion'; "
+                         "use prefix or dual for bidirectional")
     if cache in ("prefix", "dual") and attention != "bidirectional":
         raise ValueError(f"cache={cache!r} is Fast-dLLM's cache for attention='bidirectional'; use cache='block'")
     eos_id = model.config.eos_token_id if stop_at_eos else None
@@ -471,7 +509,7 @@ def sampler_settings(model, *, gen_length: int, block_length: int, steps: int | 
 
 def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, steps: int | None = None,
              policy="low_confidence", temperature: float = 0.0, cfg_scale: float = 0.0, mask_id: int | None = None,
-             key: jax.Array | None = None, attention: str = "bidirectional", cache: str = "auto",
+             key: jax.Array | None = None, attention: str = "auto", cache: str = "auto",
              prompt_mask=None, stop_at_eos: bool = True, max_gen_length: int | None = None,
              lora: str | None = "diffusion", on_block: Callable | None = None, trace: bool = False):
     """Block diffusion sampling. prompt_ids [B, P] (left-padded; prompt_mask [B, P] True on real
@@ -485,8 +523,10 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
     policy: a policy object or name (see policies.py); temperature: Gumbel noise on the logits
       (0 = greedy); cfg_scale: classifier-free guidance (0 = off; the unconditional pass masks the
       prompt). mask_id defaults to the model config's mask token.
-    attention: "bidirectional" or "block"; cache: "auto" (block for attention="block", else none),
-      "none", "block", "prefix", "dual" (see the module docstring).
+    attention: "bidirectional", "block", "block_diffusion", or "auto": block_diffusion for a model
+      trained by the block-diffusion objective (its `objective_kind`), else bidirectional.
+    cache: "auto" (block for block and block_diffusion attention, else none), "none", "block",
+      "prefix", "dual" (see the module docstring).
     stop_at_eos: once a row commits EOS the rest of its answer is EOS; when every row has, the
       remaining blocks are skipped. lora: the adapter head used, if the model has it.
     on_block(index, tokens [B, block_length], done [B]) is called on the host as each block is

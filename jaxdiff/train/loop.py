@@ -43,13 +43,24 @@ class Run:
     opt_state: object
     optimizer: object
     shardings: tuple
-    step_fn: object
+    step_fn: object               # the objective at objective.block_size
     ar_step_fn: object            # the AR-only warm-up phase (objective.ar_only_steps), or None
     eval_fn: object
     train_iter: object
     eval_ds: object
     manager: ocp.CheckpointManager
     step: int = 0
+    grow_step_fns: tuple = ()     # objective.block_size_schedule: ((from step, step fn), ...) before the last size
+
+    def step_fn_at(self, step: int):
+        """The jitted step that trains step `step`: AR warm-up, then each block size of a growing
+        block-diffusion schedule, then the objective at objective.block_size."""
+        if step < self.config.objective.ar_only_steps:
+            return self.ar_step_fn
+        for start, fn in reversed(self.grow_step_fns):
+            if step >= start:
+                return fn
+        return self.step_fn
 
 
 # ----------------------------------------------------------------------------- building
@@ -99,11 +110,19 @@ def build(c) -> Run:
             ar_obj = dataclasses.replace(obj, ar_weight=1.0, diffusion_weight=0.0, length_weight=0.0)
             ar_step_fn = jit_train_step(make_train_step(graphdef, optimizer, ar_obj, full_training=full),
                                         shardings=shardings)
+        grow = []   # smaller blocks first (block_diffusion); from the last size's step on, step_fn
+        for start, size in cfg_lib.block_size_schedule(c)[:-1]:
+            grow_obj = dataclasses.replace(obj, block_size=size)
+            grow.append((start, jit_train_step(make_train_step(graphdef, optimizer, grow_obj, full_training=full),
+                                               shardings=shardings)))
+        if grow:
+            grow.append((cfg_lib.block_size_schedule(c)[-1][0], step_fn))
+        # evaluation always at objective.block_size: the block size the model is sampled with
         eval_fn = jax.jit(lambda tr, fr, batch, key: loss_fn(tr, fr, graphdef, batch, key, 0, obj, full)[1])
     train_ds, eval_ds = _data(c, tokenizer)
     manager = wd.manager(workdir, keep=c.train.keep, asynchronous=True)
     return Run(c, mesh, tokenizer, model, graphdef, frozen, trainable, opt_state, optimizer, shardings, step_fn,
-               ar_step_fn, eval_fn, iter(train_ds), eval_ds, manager)
+               ar_step_fn, eval_fn, iter(train_ds), eval_ds, manager, grow_step_fns=tuple(grow))
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -243,7 +262,7 @@ def train(c, *, progress: bool = True) -> dict:
                                                    desc="train", dynamic_ncols=True) as bar:
         while run.step < c.train.steps:
             batch = pipeline.to_global(next(run.train_iter), run.shardings[3])
-            fn = run.ar_step_fn if run.step < c.objective.ar_only_steps else run.step_fn
+            fn = run.step_fn_at(run.step)
             run.trainable, run.opt_state, metrics = fn(
                 run.frozen, run.trainable, run.opt_state, batch, jax.random.fold_in(base_key, run.step), run.step)
             run.step += 1

@@ -256,11 +256,13 @@ def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int
 
 
 def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat: str, heads: Mapping[str, bool],
-                        mesh, fp8_device_bytes: int = 0, vocab_chunk: int = 8192) -> dict[str, int]:
+                        mesh, fp8_device_bytes: int = 0, vocab_chunk: int = 8192,
+                        block_diffusion: bool = False) -> dict[str, int]:
     """Estimated per-device bytes live at the peak of one train step, by term:
 
       saved residuals   what the forward passes keep for the backward. Every active head is one
-                        forward pass over [batch, seq], and the loss sums the heads before one
+                        forward pass over [batch, seq] (block diffusion's diffusion pass: x0 ⊕ xt,
+                        [batch, 2 seq] over 2 seq keys), and the loss sums the heads before one
                         backward, so all passes' residuals are alive together. Per layer, remat
                         "none" keeps every intermediate, "full" the layer input [B, L, D], "dots"
                         the input and the matmul outputs.
@@ -279,22 +281,27 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
         raise PlanError(f"--remat={remat!r}: choose from {', '.join(REMAT)}")
     b = jnp.dtype(dtype).itemsize
     tokens = batch * seq / _batch_shards(mesh, batch)
-    per_layer = [layer_bytes_per_token(cfg, i, seq, b, mesh) for i in range(cfg.num_hidden_layers)]
-    one_layer = max(sum(t.values()) for t in per_layer)
-    if remat == "none":
-        saved, working = sum(sum(t.values()) for t in per_layer), one_layer
-    elif remat == "full":
-        saved, working = sum(t["input"] for t in per_layer), 2 * one_layer
-    else:
-        saved = sum(t["input"] + t["dots"] for t in per_layer)
-        working = one_layer + max(t["other"] for t in per_layer)
+
+    def per_token(keys: int) -> tuple[float, float]:
+        """(saved, backward working) bytes per token of a pass whose queries see `keys` keys."""
+        per_layer = [layer_bytes_per_token(cfg, i, keys, b, mesh) for i in range(cfg.num_hidden_layers)]
+        one_layer = max(sum(t.values()) for t in per_layer)
+        if remat == "none":
+            return sum(sum(t.values()) for t in per_layer), one_layer
+        if remat == "full":
+            return sum(t["input"] for t in per_layer), 2 * one_layer
+        return (sum(t["input"] + t["dots"] for t in per_layer),
+                one_layer + max(t["other"] for t in per_layer))
+
     ends = 2 * cfg.hidden_size * b + cfg.hidden_size * 4   # embedding output, final norm (float32 copy + output)
-    n_pass = sum(bool(v) for v in heads.values())
+    widths = [2 if h == "diffusion" and block_diffusion else 1 for h, on in heads.items() if on]  # x seq
+    saved = sum(w * tokens * (per_token(w * seq)[0] + ends) for w in widths)
+    working = max(w * tokens * per_token(w * seq)[1] for w in widths or [1])
     n_loss = sum(bool(heads.get(h)) for h in ("diffusion", "ar"))
     vocab = -(-cfg.vocab_size // vocab_chunk) * vocab_chunk / _tensor_shards(mesh, cfg.vocab_size)
     dequant = fp8_device_bytes * b / (1 if remat == "none" else cfg.num_hidden_layers)
-    return {"activations: saved residuals": int(n_pass * tokens * (saved + ends)),
-            "activations: backward working set": int(tokens * working),
+    return {"activations: saved residuals": int(saved),
+            "activations: backward working set": int(working),
             "activations: vocab loss": int(n_loss * tokens * (vocab * (2 * 4 + 1) + vocab_chunk * 4)),
             "activations: dequantized FP8": int(dequant)}
 
@@ -444,7 +451,8 @@ def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: in
     fp8_bytes = total([x for x in frozen_l if x.dtype == np.dtype(jnp.float8_e4m3fn)])
     heads = active_heads(c)
     acts = activation_estimate(mcfg, dtype, batch=batch, seq=seq, remat=remat, heads=heads, mesh=amesh,
-                               fp8_device_bytes=fp8_bytes, vocab_chunk=int(c.objective.vocab_chunk))
+                               fp8_device_bytes=fp8_bytes, vocab_chunk=int(c.objective.vocab_chunk),
+                               block_diffusion=c.objective.kind == "block_diffusion")
     length = prompt_length + gen_length
     sample_acts = sample_working_set(mcfg, dtype, batch=sample_batch, length=length,
                                      block=min(int(c.sample.block_length), gen_length), mesh=amesh,

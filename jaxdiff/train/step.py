@@ -4,8 +4,10 @@
 
 batch: tokens [B, L] int32, valid [B, L] bool (real tokens), prompt_lengths [B] int32 (0 when
 there is no prompt). Per head (weights from the objective config; a zero weight skips the head):
-  diffusion  corrupt (mask / spans / random replace / stage-2 edits), bidirectional or block
-             attention with the diffusion adapters, masked loss (llada | mdlm | soft_ce)
+  diffusion  kind "masked": corrupt (mask / spans / random replace / stage-2 edits), bidirectional
+             or block attention with the diffusion adapters, masked loss (llada | mdlm | soft_ce)
+             kind "block_diffusion" (BD3LM): one t per block, x0 ⊕ xt in one pass (a noisy block
+             sees itself and the clean blocks before it), loss on the noisy copy weighted 1/t
   ar         causal attention with the ar adapters, next-token CE on answer tokens
   length     bidirectional pass over the prompt with the length adapters, mean-pool, CE on the
              answer-length bucket
@@ -20,17 +22,21 @@ import jax.numpy as jnp
 import optax
 
 from jaxdiff.diffusion import corrupt, losses
-from jaxdiff.diffusion.schedules import Schedule, clamp_mask_prob, sample_times
+from jaxdiff.config.schema import OBJECTIVES
+from jaxdiff.diffusion.schedules import Schedule, clamp_mask_prob, sample_block_times, sample_times
 from jaxdiff.model import moe as moe_lib
 from jaxdiff.model.lora import ActiveHead
+from jaxdiff.model.transformer import token_positions, visibility_ranks
 from jaxdiff.train import state as state_lib
 from jaxdiff.train.optim import OptimConfig, build_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
+    kind: str = "masked"               # masked | block_diffusion
     schedule: Schedule = Schedule("linear")
-    time_eps: float = 1e-3
+    time_eps: float = 1e-3             # t ∈ (time_eps, time_max] (block_diffusion: [time_eps, time_max))
+    time_max: float = 1.0
     antithetic: bool = True
     min_masking_rate: float = 0.0
     reweight_cap: float | None = None
@@ -42,8 +48,8 @@ class ObjectiveConfig:
     stage2_step: int | None = None     # Seed-Diffusion: edits from this step on
     edit_fraction: float = 0.1
     edit_weight: float = 1.0
-    attention: str = "bidirectional"   # diffusion head: bidirectional | block
-    block_size: int = 32
+    attention: str = "bidirectional"   # masked diffusion head: bidirectional | block
+    block_size: int = 32               # block attention and block_diffusion
     sft: bool = False                  # prompts never noised; loss normalised by answer length
     ar_weight: float = 0.0
     diffusion_weight: float = 1.0
@@ -54,6 +60,10 @@ class ObjectiveConfig:
     router_z_coef: float = 0.0            # MoE router z-loss weight (ST-MoE; 1e-3 is typical)
 
     def __post_init__(self):
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"objective kind {self.kind!r}; choose from {OBJECTIVES}")
+        if self.kind == "block_diffusion" and (self.span_prob > 0 or self.stage2_step is not None):
+            raise ValueError("block_diffusion noises each block i.i.d.: span_prob and stage2_step are masked-only")
         if self.loss not in losses.LOSSES:
             raise ValueError(f"objective loss {self.loss!r}; choose from {losses.LOSSES}")
         if self.attention not in ("bidirectional", "block"):
@@ -75,12 +85,8 @@ def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=No
         raise ValueError("the model has no mask token: call jaxdiff.model.mask_token.add_mask_token first")
     k_t, k_shorten, k_mask, k_replace, k_edit = jax.random.split(key, 5)
     b, l = tokens.shape
-    pos = jnp.arange(l)[None]
-    if obj.shorten_prob > 0 and not obj.sft:
-        pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
-        tokens, valid = corrupt.random_shorten(k_shorten, tokens, valid, prob=obj.shorten_prob, pad_id=pad)
-    maskable = valid & (pos >= plen[:, None])
-    t = sample_times(k_t, b, eps=obj.time_eps, antithetic=obj.antithetic)
+    tokens, valid, maskable = _shorten(k_shorten, tokens, valid, plen, obj, cfg)
+    t = sample_times(k_t, b, eps=obj.time_eps, t_max=obj.time_max, antithetic=obj.antithetic)
     p = clamp_mask_prob(obj.schedule.mask_prob(t), obj.min_masking_rate)
     noisy, masked = corrupt.corrupt_mask(k_mask, tokens, p, cfg.mask_token_id, maskable, span_prob=obj.span_prob)
     if obj.random_replace > 0:
@@ -105,6 +111,69 @@ def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=No
     metrics = {"diffusion/loss": loss, "diffusion/masked_acc": losses.masked_accuracy(stats, masked),
                "diffusion/mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(maskable), 1)}
     return loss + _router_terms(model, out, valid, obj, metrics), metrics
+
+
+def _shorten(key, tokens, valid, plen, obj: ObjectiveConfig, cfg):
+    """LLaDA's random shortening (pretraining rows only) -> (tokens, valid, maskable): the positions
+    that may be noised are the real tokens after the prompt."""
+    if obj.shorten_prob > 0 and not obj.sft:
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
+        tokens, valid = corrupt.random_shorten(key, tokens, valid, prob=obj.shorten_prob, pad_id=pad)
+    maskable = valid & (jnp.arange(tokens.shape[1])[None] >= plen[:, None])
+    return tokens, valid, maskable
+
+
+def block_ids(valid, plen, block_size: int) -> jax.Array:
+    """[B, L] block index of each token, as the model's block rule and the sampler align blocks: the
+    prompt is block 0, the answer (everything in pretraining rows) blocks 1, 2, ... of block_size."""
+    return visibility_ranks("block", token_positions(valid), block_size=block_size, prompt_lengths=plen)
+
+
+def block_diffusion_noise(key, tokens, valid, plen, maskable, obj: ObjectiveConfig, mask_id: int, vocab_size: int):
+    """BD3LM's forward process: one t per block (`sample_block_times`), every maskable token of the
+    block masked with probability p(t) (= t, linear schedule). -> (xt [B, L], masked [B, L], t [B, L]:
+    each token's block's t). Draws: key -> split(key, 3) = (times, masks, random replacement)."""
+    k_t, k_mask, k_replace = jax.random.split(key, 3)
+    b, l = tokens.shape
+    n_blocks = -(-l // obj.block_size)   # answer blocks a row of length l can hold
+    t_blocks = sample_block_times(k_t, b, n_blocks, t_min=obj.time_eps, t_max=obj.time_max,
+                                  antithetic=obj.antithetic)
+    answer_block = jnp.maximum(block_ids(valid, plen, obj.block_size) - 1, 0)   # the prompt (block 0) is clean
+    t = jnp.take_along_axis(t_blocks, jnp.minimum(answer_block, n_blocks - 1), axis=1)
+    p = clamp_mask_prob(obj.schedule.mask_prob(t), obj.min_masking_rate)
+    noisy, masked = corrupt.mask_iid(k_mask, tokens, p, mask_id, maskable)
+    if obj.random_replace > 0:
+        noisy = corrupt.random_replace(k_replace, noisy, masked, vocab_size, obj.random_replace)
+    return noisy, masked, t
+
+
+def block_diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=None):
+    """The BD3LM objective: x0 ⊕ xt through the diffusion adapters in one pass (attention
+    "block_diffusion"), the loss on the noisy copy's masked tokens weighted by the schedule's 1/p
+    (1/t), averaged over the maskable tokens (BD3LM's token mean, also for SFT rows). Draws:
+    key -> split(key) = (shortening key, `block_diffusion_noise` key)."""
+    del step   # no step-dependent corruption (stage-2 edits are masked-diffusion only)
+    tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
+    cfg = model.config
+    if cfg.mask_token_id is None:
+        raise ValueError("the model has no mask token: call jaxdiff.model.mask_token.add_mask_token first")
+    k_shorten, k_noise = jax.random.split(key)
+    b, l = tokens.shape
+    tokens, valid, maskable = _shorten(k_shorten, tokens, valid, plen, obj, cfg)
+    noisy, masked, t = block_diffusion_noise(k_noise, tokens, valid, plen, maskable, obj, cfg.mask_token_id,
+                                             cfg.vocab_size)
+    both = jnp.concatenate([valid, valid], axis=1)
+    out = model.forward(jnp.concatenate([tokens, noisy], axis=1), lora="diffusion", lora_dropout_key=dropout_key,
+                        attention="block_diffusion", block_size=obj.block_size, prompt_lengths=plen,
+                        padding_mask=both, logits=False)
+    stats = _stats(model, out.hidden[:, l:], tokens, obj.vocab_chunk, "diffusion", dropout_key)
+    p = clamp_mask_prob(obj.schedule.mask_prob(t), obj.min_masking_rate)
+    loss = losses.block_diffusion_loss(stats, masked, p, maskable, kind=obj.loss,
+                                       dp_mask=obj.schedule.mask_prob_derivative(t),
+                                       label_smoothing=obj.label_smoothing, reweight_cap=obj.reweight_cap)
+    metrics = {"diffusion/loss": loss, "diffusion/masked_acc": losses.masked_accuracy(stats, masked),
+               "diffusion/mask_rate": jnp.sum(masked) / jnp.maximum(jnp.sum(maskable), 1)}
+    return loss + _router_terms(model, out, both, obj, metrics), metrics
 
 
 def _router_terms(model, out, valid, obj: ObjectiveConfig, metrics: dict):
@@ -167,7 +236,8 @@ def loss_fn(trainable, frozen, graphdef, batch, key, step, obj: ObjectiveConfig,
     k_diff, k_drop = jax.random.split(key)
     total, metrics = 0.0, {}
     if obj.diffusion_weight:
-        loss, m = diffusion_head(model, batch, k_diff, step, obj, jax.random.fold_in(k_drop, 0))
+        head = block_diffusion_head if obj.kind == "block_diffusion" else diffusion_head
+        loss, m = head(model, batch, k_diff, step, obj, jax.random.fold_in(k_drop, 0))
         total, metrics = total + obj.diffusion_weight * loss, {**metrics, **m}
     if obj.ar_weight:
         loss, m = ar_head(model, batch, obj, jax.random.fold_in(k_drop, 1))
