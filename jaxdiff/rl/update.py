@@ -29,7 +29,7 @@ from jaxdiff.parallel import logical_to_spec
 from jaxdiff.rl.estimators import EstimatorSettings, token_log_probs
 from jaxdiff.rl.objective import PolicyLossConfig, policy_loss
 from jaxdiff.train import state as st
-from jaxdiff.train.optim import OptimConfig, build_optimizer
+from jaxdiff.train.optim import OptimConfig, apply_if_finite, build_optimizer
 from jaxdiff.train.step import step_shardings
 
 
@@ -56,15 +56,11 @@ def make_update(graphdef, optim: OptimConfig, est: EstimatorSettings, loss_cfg: 
             return policy_loss(logp, old_logp, advantages, mask, ref_logp, cfg=loss_cfg)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(adapter)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, opt_state, adapter)
-        new_adapter = optax.apply_updates(adapter, updates)
-        stay = lambda new, cur: jax.tree.map(lambda n, c: jnp.where(finite, n, c), new, cur)
-        metrics = {**metrics, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32)}
+        new_adapter, new_opt, guard = apply_if_finite(optimizer, loss, grads, opt_state, adapter)
+        metrics = {**metrics, **guard}
         if est.estimator == "trace_replay":
             metrics["old_minus_recorded"] = jnp.max(jnp.where(valid, jnp.abs(old_logp - batch.logp), 0.0))
-        return stay(new_adapter, adapter), stay(new_opt, opt_state), metrics
+        return new_adapter, new_opt, metrics
 
     return update
 

@@ -116,5 +116,17 @@ def build_optimizer(cfg: OptimConfig, params) -> optax.GradientTransformation:
     return tx
 
 
+def apply_if_finite(optimizer: optax.GradientTransformation, loss, grads, opt_state, params):
+    """One optimizer step, skipped (params and state kept) when the loss or the gradient norm is not
+    finite. -> (params, opt_state, {"grad_norm", "skipped"})."""
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    return keep(new_params, params), keep(new_opt, opt_state), {"grad_norm": grad_norm,
+                                                                "skipped": (~finite).astype(jnp.int32)}
+
+
 def tree_bytes(tree) -> int:
     return sum(int(x.size) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))

@@ -28,7 +28,7 @@ from jaxdiff.model import moe as moe_lib
 from jaxdiff.model.lora import ActiveHead
 from jaxdiff.model.transformer import token_positions, visibility_ranks
 from jaxdiff.train import state as state_lib
-from jaxdiff.train.optim import OptimConfig, build_optimizer
+from jaxdiff.train.optim import OptimConfig, apply_if_finite, build_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,13 +256,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, obj: Obje
     def train_step(frozen, trainable, opt_state, batch, key, step):
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             trainable, frozen, graphdef, batch, key, step, obj, full_training)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, opt_state, trainable)
-        new_trainable = optax.apply_updates(trainable, updates)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        metrics = {**metrics, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.int32)}
-        return keep(new_trainable, trainable), keep(new_opt, opt_state), metrics
+        new_trainable, new_opt, guard = apply_if_finite(optimizer, loss, grads, opt_state, trainable)
+        return new_trainable, new_opt, {**metrics, **guard}
 
     return train_step
 

@@ -72,16 +72,14 @@ def _assert_nothing(b, i, what):
     assert (b.total[i], b.correctness[i], b.speed[i], b.efficiency[i]) == (0, 0, 0, 0), (what, b.records()[i])
 
 
-@pytest.mark.parametrize("sanitize", [False, True])
-def test_hostile_python_completions_earn_nothing(pool, sanitize):
+def _judge(pool, cases, sanitize):
+    """cases: [(task, {name: hostile completion})]. Every task's reference (full reward) and each
+    hostile completion (nothing) in one batch through the pool."""
     tasks, completions, labels = [], [], []
-    for t in _python_tasks():
-        tasks.append(t)
-        completions.append(t.reference)
-        labels.append(f"{t.id}: reference")
-        for name, body in HOSTILE_PYTHON.items():
+    for t, hostile in cases:
+        for name, text in [("reference", t.reference), *hostile.items()]:
             tasks.append(t)
-            completions.append(body)
+            completions.append(text)
             labels.append(f"{t.id}: {name}")
     b = rewards.compute(pool, tasks, completions, np.full(len(tasks), STEPS), MAX_STEPS, CFG, sanitize=sanitize)
     for i, what in enumerate(labels):
@@ -89,6 +87,11 @@ def test_hostile_python_completions_earn_nothing(pool, sanitize):
             _assert_full(b, i, what)
         else:
             _assert_nothing(b, i, what)
+
+
+@pytest.mark.parametrize("sanitize", [False, True])
+def test_hostile_python_completions_earn_nothing(pool, sanitize):
+    _judge(pool, [(t, HOSTILE_PYTHON) for t in _python_tasks()], sanitize)
 
 
 # -- Bend, with the real binaries --------------------------------------------------------------
@@ -135,26 +138,7 @@ WHOLE_HOSTILE = {
 def test_hostile_bend_completions_earn_nothing(pool, sanitize):
     bend_tasks = synthetic.synthetic("heldout_constants", language="bend")
     picks = [next(t for t in bend_tasks if t.family == f) for f in ("add", "keep_above")]  # a number, a list
-    tasks, completions, labels = [], [], []
-    for t in picks:
-        tasks.append(t)
-        completions.append(t.reference)
-        labels.append(f"{t.id}: reference")
-        for name, text in _hostile_bend(t.expected_result).items():
-            tasks.append(t)
-            completions.append(text)
-            labels.append(f"{t.id}: {name}")
+    cases = [(t, _hostile_bend(t.expected_result)) for t in picks]
     if not sanitize:  # (the sanitiser cuts a `def main` the model wrote, the whole-program task's too)
-        tasks.append(WHOLE)
-        completions.append(WHOLE.reference)
-        labels.append(f"{WHOLE.id}: reference")
-        for name, text in WHOLE_HOSTILE.items():
-            tasks.append(WHOLE)
-            completions.append(text)
-            labels.append(f"{WHOLE.id}: {name}")
-    b = rewards.compute(pool, tasks, completions, np.full(len(tasks), STEPS), MAX_STEPS, CFG, sanitize=sanitize)
-    for i, what in enumerate(labels):
-        if what.endswith(": reference"):
-            _assert_full(b, i, what)
-        else:
-            _assert_nothing(b, i, what)
+        cases.append((WHOLE, WHOLE_HOSTILE))
+    _judge(pool, cases, sanitize)
