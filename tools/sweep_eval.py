@@ -3,6 +3,8 @@
     python tools/sweep_eval.py --checkpoint runs/sft_synthetic --suite synthetic-heldout-constants \
         --limit 64 --gen_length 32 --steps 32,16,8 --block_lengths 32,16 --thresholds 0.9,0.7,0.5 \
         --caches none,dual --out docs/sweep_sft_synthetic
+    python tools/sweep_eval.py --checkpoint runs/sft_length --suite synthetic-infill --infill_lengths true,predicted \
+        --gen_length 16 --steps 16,8 --block_lengths 16 --thresholds 0.9,0.5 --out docs/sweep_infill
 
 Every grid point is one `jaxdiff.eval.harness.run` (greedy, the same tasks, the model loaded once;
 its files go to --runs_dir, default runs/sweep_runs/<out name>/, so a rerun resumes). Points: low_confidence with each `--steps` and
@@ -10,6 +12,11 @@ each threshold policy (which ignores steps: a block runs until it is full), time
 and cache. Writes <out>.csv (one row per point: settings, pass@1, tokens/s, tokens per forward,
 forward passes), <out>.json (the rows and AUP) and, with matplotlib installed, <out>.png (pass@1
 against tokens/s and against tokens per forward).
+
+Infilling suites (humaneval-infill-*, synthetic-infill) run every point once per `--infill_lengths`
+entry: `true` (the span's true length in tokens is given) and `predicted` (the length head predicts
+it, at most --gen_length, and the span is cut at the first EOS; needs a model with a trained length
+head). Each row says which; tokens are then the span's.
 
 AUP (d3LLM, as docs/evaluation.md quotes it): points sorted by tokens per forward rho, accuracy y
 in percent; points more than 5 below the accuracy of the lowest-rho point are dropped; with
@@ -48,13 +55,14 @@ def aup(rho: list[float], y: list[float], y_max: float | None = None, alpha: flo
     return total
 
 
-def grid(a) -> list[dict]:
+def grid(a, infill: bool = False) -> list[dict]:
     policies = [("low_confidence", s) for s in a.steps] + [(f"threshold:{t:g}", -1) for t in a.thresholds]
+    lengths = a.infill_lengths if infill else ["-"]
     out = []
-    for (policy, steps), bl, cache in itertools.product(policies, a.block_lengths, a.caches):
+    for (policy, steps), bl, cache, length in itertools.product(policies, a.block_lengths, a.caches, lengths):
         if a.gen_length % bl or (steps > 0 and steps % (a.gen_length // bl)):
             continue   # not a valid split of the answer
-        out.append(dict(policy=policy, steps=steps, block_length=bl, cache=cache))
+        out.append(dict(policy=policy, steps=steps, block_length=bl, cache=cache, infill_length=length))
     return out
 
 
@@ -77,6 +85,8 @@ def main(argv=None) -> int:
     p.add_argument("--block_lengths", type=_ints, default=[32])
     p.add_argument("--thresholds", type=_floats, default=[0.9, 0.7, 0.5])
     p.add_argument("--caches", type=lambda s: [x for x in s.split(",") if x], default=["none"])
+    p.add_argument("--infill_lengths", type=lambda s: [x for x in s.split(",") if x], default=["true", "predicted"],
+                   help="infilling suites: the span length given (true) and/or the length head's (predicted)")
     p.add_argument("--attention", default="bidirectional")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--pad_bucket", type=int, default=64)
@@ -94,17 +104,25 @@ def main(argv=None) -> int:
     base.stride = a.stride
     base.attention, base.batch_size, base.pad_bucket, base.tensorboard = a.attention, a.batch_size, a.pad_bucket, False
     base.out_dir = a.runs_dir or os.path.join("runs", "sweep_runs", os.path.basename(a.out))
+    bad = [x for x in a.infill_lengths if x not in harness.INFILL_LENGTHS]
+    if bad or not a.infill_lengths:
+        print(f"error: --infill_lengths {bad or 'is empty'}: choose from {', '.join(harness.INFILL_LENGTHS)}",
+              file=sys.stderr)
+        return 2
     try:
         model, tok = harness.load_model(base)
-        harness.load_tasks(base)
+        infill = any(t.infill for t in harness.load_tasks(base))
     except harness.EvalConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     rows = []
-    for g in grid(a):
+    for g in grid(a, infill):
         c = base.copy_and_resolve_references()
         c.policy, c.steps, c.block_length, c.cache = g["policy"], g["steps"], g["block_length"], g["cache"]
         c.name = f"{g['policy'].replace(':', '')}_s{g['steps']}_b{g['block_length']}_{g['cache']}"
+        if infill:
+            c.infill_length = g["infill_length"]
+            c.name += f"_{g['infill_length']}"
         try:
             m = harness.run(c, model=model, tokenizer=tok, echo=lambda *_: None)
         except ValueError as e:   # a cache the attention does not allow, ...
@@ -123,11 +141,19 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    ok = [r for r in rows if r["tokens_per_forward"]]
-    score = aup([r["tokens_per_forward"] for r in ok], [r["pass1"] for r in ok], a.y_max) if ok else None
+    # one AUP per infill length (the true-length and predicted-length curves are different samplers)
+    y_max = a.y_max if a.y_max is not None else max(r["pass1"] for r in rows)
+    scores = {}
+    for length in dict.fromkeys(r["infill_length"] for r in rows):
+        ok = [r for r in rows if r["infill_length"] == length and r["tokens_per_forward"]]
+        scores[length] = aup([r["tokens_per_forward"] for r in ok], [r["pass1"] for r in ok], y_max) if ok else None
+    score = scores.get("-", scores.get("true"))
     with open(a.out + ".json", "w") as f:
-        json.dump({"suite": a.suite, "checkpoint": a.checkpoint, "limit": a.limit, "stride": a.stride, "aup": score, "rows": rows}, f, indent=2)
-    print(f"AUP {score:.2f}  ({len(ok)} points; {a.out}.csv)" if score is not None else "AUP: no points")
+        json.dump({"suite": a.suite, "checkpoint": a.checkpoint, "limit": a.limit, "stride": a.stride, "aup": score,
+                   "aup_by_infill_length": scores, "y_max": y_max, "rows": rows}, f, indent=2)
+    for length, sc in scores.items():
+        tag = "" if length == "-" else f" ({length} length)"
+        print(f"AUP{tag} {sc:.2f}  ({a.out}.csv)" if sc is not None else f"AUP{tag}: no points")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -137,18 +163,21 @@ def main(argv=None) -> int:
         return 0
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, key, label in ((axes[0], "tokens_per_s", "tokens/s"), (axes[1], "tokens_per_forward", "tokens per forward")):
-        for cache in sorted({r["cache"] for r in rows}):
+        for cache, length in sorted({(r["cache"], r["infill_length"]) for r in rows}):
             for kind, marker in (("low_confidence", "o"), ("threshold", "^")):
-                pts = [r for r in rows if r["cache"] == cache and r["policy"].startswith(kind)]
+                pts = [r for r in rows if r["cache"] == cache and r["infill_length"] == length
+                       and r["policy"].startswith(kind)]
                 if pts:
-                    ax.scatter([r[key] for r in pts], [r["pass1"] for r in pts], marker=marker, label=f"{kind}, cache={cache}")
+                    label = f"{kind}, cache={cache}" + (f", {length} length" if length != "-" else "")
+                    ax.scatter([r[key] for r in pts], [r["pass1"] for r in pts], marker=marker, label=label)
                     for r in pts:
                         tag = r["policy"].split(":")[1] if ":" in r["policy"] else f"s{r['steps']}"
                         ax.annotate(f"{tag}/b{r['block_length']}", (r[key], r["pass1"]), fontsize=7)
         ax.set_xlabel(label)
         ax.set_ylabel("pass@1 (%)")
         ax.grid(alpha=0.3)
-    axes[1].set_title(f"AUP {score:.1f}" if score is not None else "")
+    axes[1].set_title(", ".join(("AUP" if k == "-" else f"AUP {k}") + f" {v:.1f}" for k, v in scores.items()
+                                if v is not None))
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{a.suite} (every {a.stride}, first {a.limit}), {a.checkpoint}")
     fig.tight_layout()

@@ -2,6 +2,7 @@
 
     infilling("single")     one line of a canonical solution to fill, `SINGLE_PER_PROBLEM` per problem
     infilling("multi")      2-4 consecutive lines, `MULTI_PER_PROBLEM` per problem
+    synthetic_infilling()   one line of each synthetic held-out-constant task's body ("synthetic-infill")
 
 The prompt is the problem's prompt plus the solution's lines before the span, `suffix` the lines
 after it, `reference` the span, and the tests are HumanEval's. Spans are whole lines (with their
@@ -14,6 +15,14 @@ the tests reject was decided once by running every candidate through the verifie
 (`python -m jaxdiff.eval.infill --write-mutants`) and is stored as edit descriptors in
 `data/infill_mutants.json` (only edits that fail quickly: no timeouts). tests/eval proves the file
 right: every stored mutant fails and every reference passes, through the pool.
+
+`synthetic_infilling` is the small-model counterpart, cut from the synthetic family's held-out
+split of new constants (the tasks the SFT tiny coder is measured on): one line of the reference
+body, chosen by a generator seeded with (seed, task id); the span is that line's text after its
+indentation and after a leading `return ` (so the span carries the constants to copy: `x + 121`,
+not `return`), the prefix is the prompt plus everything before, the suffix the line's newline and
+the lines after. Mutants are the task's own mutants where they differ from the reference in that
+span alone (off-by-one and wrong-operator mutants; a swapped branch changes two lines and is left out).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import sys
 import tokenize
 
 from jaxdiff.eval.humaneval import humaneval
+from jaxdiff.eval.synthetic import synthetic
 from jaxdiff.eval.tasks import Mutant, Task
 
 KINDS = ("single", "multi")
@@ -80,6 +90,36 @@ def _build(kind, seed, problems, with_mutants) -> list[Task]:
                             suite=f"humaneval-infill-{kind}", family=p.id, mutants=mutants,
                             meta={"span_chars": len(span), "span_lines": b - a, "span_start_line": a}))
     return out
+
+
+def synthetic_infilling(split: str = "heldout_constants", seed: int = 0) -> list[Task]:
+    """One span per task of the synthetic family's `split` (see the module docstring)."""
+    return list(_synthetic_cached(split, seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _synthetic_cached(split, seed):
+    out = []
+    for p in synthetic(split):
+        lines = p.reference.splitlines(keepends=True)
+        code = [i for i, line in enumerate(lines) if line.strip()]
+        i = random.Random(f"{seed}:synthetic:{p.id}").choice(code)
+        line = lines[i]
+        start = len(line) - len(line.lstrip())
+        if line[start:].startswith("return "):
+            start += len("return ")
+        end = len(line.rstrip("\n"))
+        before, after = "".join(lines[:i]) + line[:start], line[end:] + "".join(lines[i + 1:])
+        span = line[start:end]
+        mutants = tuple(Mutant(m.kind, m.completion[len(before):len(m.completion) - len(after)])
+                        for m in p.mutants
+                        if m.completion.startswith(before) and m.completion.endswith(after)
+                        and len(m.completion) > len(before) + len(after))
+        out.append(Task(id=f"{p.id}/infill/{i}", prompt=p.prompt + before, suffix=after, infill=True,
+                        language="python", entry_point=p.entry_point, tests=p.tests, reference=span,
+                        suite="synthetic-infill", family=p.family, mutants=mutants,
+                        meta={"span_chars": len(span), "span_line": i, "source": p.id}))
+    return tuple(out)
 
 
 # -- mutants -----------------------------------------------------------------------------------

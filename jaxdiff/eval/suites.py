@@ -5,7 +5,7 @@
     load_suite("hub:mbpp:test")                      a `datasets` hub dataset (split after the second colon)
     grain.MapDataset.source(suite_source("humaneval"))
 
-Names: humaneval; humaneval-infill-single, humaneval-infill-multi; synthetic-{train,
+Names: humaneval; humaneval-infill-single, humaneval-infill-multi; synthetic-infill; synthetic-{train,
 heldout-constants, heldout-templates}; bend-synthetic-{same three}; bend-humaneval.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from jaxdiff.eval.bend_tasks import bend_humaneval
 from jaxdiff.eval.humaneval import from_hub, humaneval, read_jsonl
-from jaxdiff.eval.infill import infilling
+from jaxdiff.eval.infill import infilling, synthetic_infilling
 from jaxdiff.eval.synthetic import SPLITS, synthetic
 from jaxdiff.eval.tasks import Task, TaskSource
 
@@ -21,6 +21,7 @@ SUITES = {
     "humaneval": humaneval,
     "humaneval-infill-single": lambda: infilling("single"),
     "humaneval-infill-multi": lambda: infilling("multi"),
+    "synthetic-infill": synthetic_infilling,
     "bend-humaneval": bend_humaneval,
 }
 for _split in SPLITS:

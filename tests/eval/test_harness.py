@@ -107,6 +107,27 @@ def test_infilling_at_the_predicted_length(tmp_path):
         harness.run(_config(infill_length="guess", out_dir=str(tmp_path)))
 
 
+def test_sweep_reports_infilling_at_true_and_predicted_length(tmp_path, capsys):
+    """tools/sweep_eval.py on an infilling suite: every grid point once per infill length, each with
+    its own AUP, the CSV/JSON rows saying which."""
+    import csv
+
+    from tools.sweep_eval import main as sweep
+
+    wd = make_workdir(tmp_path / "run", length_head=True)
+    out = str(tmp_path / "sweep")
+    assert sweep(["--checkpoint", wd, "--suite", "synthetic-infill", "--limit", "2", "--gen_length", "8",
+                  "--steps", "8", "--block_lengths", "8", "--thresholds", "", "--caches", "none",
+                  "--batch_size", "2", "--out", out, "--runs_dir", str(tmp_path / "points")]) == 0
+    with open(out + ".csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["infill_length"] for r in rows] == ["true", "predicted"] and all(r["tasks"] == "2" for r in rows)
+    with open(out + ".json") as f:
+        assert set(json.load(f)["aup_by_infill_length"]) == {"true", "predicted"}
+    assert "AUP (predicted length)" in capsys.readouterr().out
+    assert sweep(["--checkpoint", wd, "--suite", "synthetic-infill", "--infill_lengths", "guess", "--out", out]) == 2
+
+
 def test_chat_prompt_format_through_the_model(workdir, tmp_path):
     """prompt_format=chat: the tokenizer's chat template (ChatML) wraps the task's prompt, and the
     model's answer goes through the sanitiser into a program the pool judges."""

@@ -51,3 +51,32 @@ def test_references_pass_and_mutants_fail_in_the_pool(pool):
         jobs += [(t.job(m.completion, id=f"{t.id}:{m.kind}"), {"failed", "error"}) for m in t.mutants]
     assert len(seen) == 164
     assert run_checked(pool, jobs) == []
+
+
+def test_synthetic_infilling_cuts_one_line_of_each_held_out_task():
+    from jaxdiff.eval.suites import load_suite
+    from jaxdiff.eval.synthetic import synthetic
+
+    tasks = load_suite("synthetic-infill")
+    sources = {p.id: p for p in synthetic("heldout_constants")}
+    assert len(tasks) == len(sources) == 256 and {t.meta["source"] for t in tasks} == set(sources)
+    for t in tasks:
+        p = sources[t.meta["source"]]
+        assert t.prompt + t.reference + t.suffix == p.prompt + p.reference and t.infill
+        assert "\n" not in t.reference and not t.reference.startswith(("return", " "))
+        assert t.tests == p.tests and t.family == p.family
+        for m in t.mutants:
+            assert m.completion != t.reference and "\n" not in m.completion
+    assert sum(len(t.mutants) for t in tasks) >= 600
+
+
+def test_synthetic_infilling_references_pass_and_mutants_fail_in_the_pool(pool):
+    from jaxdiff.eval.suites import load_suite
+
+    jobs = []
+    for t in load_suite("synthetic-infill")[::8]:   # every template tier, 32 tasks
+        jobs.append((t.job(t.reference), {"passed"}))
+        jobs += [(t.job(m.completion, id=f"{t.id}:{m.kind}:{i}"), {"failed", "error"})
+                 for i, m in enumerate(t.mutants)]
+    assert len(jobs) > 90
+    assert run_checked(pool, jobs) == []
