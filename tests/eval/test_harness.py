@@ -57,7 +57,11 @@ def test_launch_eval_end_to_end_then_resume(workdir, tmp_path):
     assert summary["tasks"] == 3 and summary["samples"] == 3 and "pass@1" in summary
     assert os.listdir(out / "tb" / "t")
 
-    # resume: 4 tasks with the same name -> only the 4th is generated (through the stub below)
+    # resume: 4 tasks with the same name -> only the 4th is generated (through the stub below); a
+    # kill in the middle of an append left half a line at the end of each file: it is dropped
+    for name in ("t_samples.jsonl", "t_samples.jsonl_results.jsonl"):
+        with open(out / name, "a") as f:
+            f.write('{"task_id": "' + tasks[3].id + '", "compl')
     seen = []
 
     def gen(batch):
@@ -70,6 +74,21 @@ def test_launch_eval_end_to_end_then_resume(workdir, tmp_path):
     results = _lines(out / "t_samples.jsonl_results.jsonl")
     assert [x["task_id"] for x in results] == [t.id for t in tasks] and results[3]["passed"]
     assert summ["tasks"] == 4 and summ["new_samples"] == 1
+    assert [s["task_id"] for s in _lines(out / "t_samples.jsonl")] == [t.id for t in tasks]
+
+
+def test_a_torn_line_is_dropped_only_at_the_end(tmp_path):
+    from jaxdiff.eval.tasks import TaskFormatError
+    from jaxdiff.eval.verdicts import read_jsonl
+
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2}\n{"a"')
+    assert [r for _, r in read_jsonl(str(path), torn_tail=True)] == [{"a": 1}, {"a": 2}]
+    with pytest.raises(TaskFormatError, match=r"r\.jsonl:3: invalid JSON"):
+        read_jsonl(str(path))
+    path.write_text('{"a": 1}\n{"a"\n{"a": 2}\n')
+    with pytest.raises(TaskFormatError, match=r"r\.jsonl:2: invalid JSON"):
+        read_jsonl(str(path), torn_tail=True)
 
 
 @pytest.mark.parametrize("suite", ["synthetic-heldout-templates", "humaneval-infill-single"])
