@@ -1,8 +1,10 @@
-"""On-policy RL of a diffusion coder from verifier rewards (docs/rl.md).
+"""On-policy RL of a diffusion coder from verifier rewards, or (config.rl.mode='order_distill')
+constrained-order trajectory distillation on reference answers (docs/rl.md).
 
     python launch/rl.py --config configs/rl_tiny.py
     python launch/rl.py --config configs/rl_tiny.py:runlocal --config.model.checkpoint=runs/sft_synthetic_runlocal
     python launch/rl.py --config configs/rl_qwen3_coder_30b_a3b.py --config.model.checkpoint=/ckpt/coder30b-sft
+    python launch/rl.py --config configs/order_distill_tiny.py
 
 Re-running with the same workdir resumes after the newest readable checkpoint, exactly;
 SIGTERM / SIGINT save after the current batch, then exit. Tensorboard logs are in <workdir>/tb,
@@ -30,9 +32,11 @@ def main(argv):
         raise app.UsageError("--config is required, e.g. --config configs/rl_tiny.py")
     from jaxdiff.config import ConfigValueError
     from jaxdiff.rl.loop import train_rl
+    from jaxdiff.rl.order_distill import train_order_distill
 
+    distill = c.rl.mode == "order_distill"
     try:
-        out = train_rl(c)
+        out = (train_order_distill if distill else train_rl)(c)
     except ConfigValueError as e:
         print(f"launch/rl.py: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -43,6 +47,10 @@ def main(argv):
         print(f"nothing to do: {c.workdir} has already run {out['batch']} of config.rl.batches={c.rl.batches}")
         return
     last = out["history"][-1]
+    if distill:
+        print(f"batch {out['batch']}: loss {last['distill/loss']:.3f}, log-likelihood of an order kept "
+              f"{last['orders/loglik_kept']:.2f}, all {last['orders/loglik_all']:.2f}; tensorboard: {c.workdir}/tb")
+        return
     print(f"batch {out['batch']}: reward {last['reward/total']:.3f}, pass rate {last['rollout/pass_rate']:.3f}, "
           f"steps used {last['rollout/steps_used']:.1f}, tokens per forward {last['rollout/tokens_per_forward']:.2f}, "
           f"device idle {last['time/device_idle_fraction']:.2f}; tensorboard: {c.workdir}/tb")

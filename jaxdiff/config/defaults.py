@@ -72,6 +72,7 @@ def rl_defaults() -> ml_collections.ConfigDict:
     """On-policy RL (launch/rl.py; docs/rl.md, docs/configs.md): what is sampled, how it is scored and
     how the RL adapter (the diffusion head's LoRA, `lora.diffusion`) learns; its optimizer is `optimizer`."""
     return ml_collections.ConfigDict(dict(
+        mode="policy_gradient",     # policy_gradient | order_distill (rl/order_distill.py; docs/rl.md)
         # tasks and prompts
         suites="synthetic-train",   # comma-separated suite names (jaxdiff.eval.load_suite) or .jsonl paths
         bend_suites="",             # Bend suites, joined when `bend` and `hvm` are on PATH (else a warning)
@@ -84,6 +85,9 @@ def rl_defaults() -> ml_collections.ConfigDict:
         temperature=1.0, gen_length=64, block_length=32,
         steps=-1,                   # denoising steps over the answer; -1 = one per token
         policy="low_confidence", attention="bidirectional", cache="auto",
+        # order_distill: per example, n_orders orders of its reference answer, the keep_orders most likely
+        # kept; Gumbel-top-k over log p(true token) / order_temperature (0: most confident first)
+        n_orders=8, keep_orders=2, order_temperature=1.0,
         # the likelihood estimator (rl/estimators.py)
         estimator="trace_replay", shrink=1, t_min=0.2, t_max=0.8, prompt_mask_prob=0.15,
         # the clipped loss (rl/objective.py)

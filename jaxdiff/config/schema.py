@@ -18,6 +18,7 @@ BASELINES = ("mean", "leave_one_out")                     # rl: a group's baseli
 SCALES = ("none", "std")                                  # rl: advantage scaling
 NORMALIZATIONS = ("seq-mean-token-mean", "token-mean")    # rl: the policy loss's length normalisation
 PROMPT_FORMATS = ("raw", "chat")                          # rl: the prompt as text | the chat template
+RL_MODES = ("policy_gradient", "order_distill")           # rl: on-policy RL | constrained-order distillation
 
 CHOICES = {
     "model.attention_impl": ATTENTION_IMPLS, "model.dtype": ("", "float32", "bfloat16"),
@@ -26,7 +27,7 @@ CHOICES = {
     "objective.attention": ("bidirectional", "block"),
     "optimizer.name": OPTIMIZERS, "optimizer.decay": DECAYS, "data.kind": DATA_KINDS,
     "rl.estimator": ESTIMATORS, "rl.baseline": BASELINES, "rl.scale": SCALES, "rl.normalization": NORMALIZATIONS,
-    "rl.attention": ("bidirectional", "block"), "rl.prompt_format": PROMPT_FORMATS,
+    "rl.attention": ("bidirectional", "block"), "rl.prompt_format": PROMPT_FORMATS, "rl.mode": RL_MODES,
 }
 POSITIVE = ("data.seq_len", "data.batch_size", "train.steps", "train.log_every", "train.eval_every",
             "train.eval_batches", "train.checkpoint_every", "train.keep", "optimizer.total_steps",
@@ -34,7 +35,8 @@ POSITIVE = ("data.seq_len", "data.batch_size", "train.steps", "train.log_every",
             "sample.block_length", "sample.steps", "tokenizer.vocab_size",
             "rl.prompts_per_batch", "rl.batches", "rl.mu", "rl.gen_length", "rl.block_length", "rl.temperature",
             "rl.shrink", "rl.log_ratio_clamp", "rl.workers", "rl.timeout_s", "rl.memory_mb", "rl.log_every",
-            "rl.checkpoint_every", "rl.keep", "rl.reward.itrs_scale", "rl.reward.cpu_ms_scale")
+            "rl.checkpoint_every", "rl.keep", "rl.reward.itrs_scale", "rl.reward.cpu_ms_scale", "rl.n_orders",
+            "rl.keep_orders")
 
 
 class ConfigValueError(ValueError):
@@ -103,8 +105,10 @@ def validate_rl(r) -> None:
         bad("prompt_mask_prob", "must be in [0, 1)")
     if not 0 <= r.eps_low < 1:
         bad("eps_low", "must be in [0, 1)")
+    if r.keep_orders > r.n_orders:
+        bad("keep_orders", f"must be <= config.rl.n_orders={r.n_orders} (the orders kept of those sampled)")
     for key in ("eps_high", "beta", "prompt_length", "log_samples", "reward.correctness", "reward.speed",
-                "reward.efficiency"):
+                "reward.efficiency", "order_temperature"):
         if get(r, key) < 0:
             bad(key, "must be >= 0")
     if r.resume_batch < -1:

@@ -47,6 +47,15 @@ def rollout_kwargs(c) -> dict:
                 lora="diffusion")
 
 
+def order_kwargs(c) -> dict:
+    """`rl.order_distill.order_settings` keywords (the constrained rollouts of config.rl.mode='order_distill')."""
+    r = c.rl
+    return dict(n_orders=r.n_orders, gen_length=r.gen_length,
+                block_length=r.block_length, steps=None if r.steps == -1 else r.steps,
+                temperature=float(r.temperature), attention=r.attention, lora="diffusion",
+                vocab_chunk=c.objective.vocab_chunk, shrink=r.shrink)
+
+
 def estimator(c, sampler: SamplerSettings) -> EstimatorSettings:
     r = c.rl
     return EstimatorSettings.for_rollout(sampler, r.estimator, vocab_chunk=c.objective.vocab_chunk, shrink=r.shrink,
@@ -72,5 +81,5 @@ def with_reference(c) -> bool:
     return c.rl.beta > 0 or bool(c.rl.log_kl)
 
 
-__all__ = ["ConfigValueError", "estimator", "loss", "reward", "rollout_kwargs", "validate",
+__all__ = ["ConfigValueError", "estimator", "loss", "order_kwargs", "reward", "rollout_kwargs", "validate",
            "with_reference"]

@@ -113,37 +113,58 @@ def build(c, *, model=None, tokenizer=None) -> RLRun:
     `builder.build_model_from_config(c, tokenizer, mesh=make_mesh(c.mesh))` returns (its adapter
     untrained), to skip building it again (a benchmark, tests); it is not modified."""
     rl_config.validate(c)
-    if jax.process_count() > 1:
-        raise NotImplementedError("launch/rl.py runs in one process (every device of one host); multi-host RL "
-                                  "is not built yet")
     r = c.rl
-    workdir = os.path.abspath(c.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    mesh = make_mesh(dict(c.mesh))
-    ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
-    rows = r.prompts_per_batch * r.group_size
-    if rows % ways:
-        raise rl_config.ConfigValueError(
-            f"config.rl.prompts_per_batch x config.rl.group_size = {rows} rows is not divisible by the batch-sharded "
-            f"mesh axes data x fsdp x expert = {ways} (config.mesh={dict(c.mesh)}, {jax.device_count()} devices)")
-    if (model is None) != (tokenizer is None):
-        raise ValueError("build: pass both model and tokenizer, or neither")
-    if model is None:
-        tokenizer = builder.tokenizer_for(c, workdir)
-        model = builder.build_model_from_config(c, tokenizer, mesh=mesh)
+    if r.mode != "policy_gradient":
+        raise rl_config.ConfigValueError(f"config.rl.mode={r.mode!r}: train_rl runs 'policy_gradient' (launch/rl.py "
+                                         "runs 'order_distill' with rl.order_distill.train_order_distill)")
+    mesh, model, tokenizer = prepare(c, r.prompts_per_batch * r.group_size,
+                                     "config.rl.prompts_per_batch x config.rl.group_size", model, tokenizer)
     try:
         settings = rollout_settings(model, **rl_config.rollout_kwargs(c))
     except ValueError as e:
         raise rl_config.ConfigValueError(f"config.rl (the rollout sampler): {e}") from None
     tasks = load_tasks(c, tokenizer)
+    state = adapter_state(c, mesh, model)
+    return RLRun(c, mesh, tokenizer, tasks, sampler_settings=settings, manager=checkpoint_manager(c),
+                 sampler=state["trainable"], **state)
+
+
+def prepare(c, rows: int, rows_from: str, model=None, tokenizer=None):
+    """(mesh, model, tokenizer) of an RL-family run whose batches have `rows` rows (`rows_from`
+    names the config fields they come from: they must divide over the batch-sharded mesh axes).
+    The workdir is made; the model is built unless given (with its tokenizer)."""
+    if jax.process_count() > 1:
+        raise NotImplementedError("launch/rl.py runs in one process (every device of one host); multi-host RL "
+                                  "is not built yet")
+    os.makedirs(os.path.abspath(c.workdir), exist_ok=True)
+    mesh = make_mesh(dict(c.mesh))
+    ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if rows % ways:
+        raise rl_config.ConfigValueError(
+            f"{rows_from} = {rows} rows is not divisible by the batch-sharded mesh axes data x fsdp x expert = {ways} "
+            f"(config.mesh={dict(c.mesh)}, {jax.device_count()} devices)")
+    if (model is None) != (tokenizer is None):
+        raise ValueError("build: pass both model and tokenizer, or neither")
+    if model is None:
+        tokenizer = builder.tokenizer_for(c, os.path.abspath(c.workdir))
+        model = builder.build_model_from_config(c, tokenizer, mesh=mesh)
+    return mesh, model, tokenizer
+
+
+def adapter_state(c, mesh, model) -> dict:
+    """The model split into the frozen tree and the trainable adapter, with the adapter's optimizer
+    and its state (RLRun's fields of the same names)."""
     with use_mesh(mesh):
         graphdef, frozen, trainable = st.split(model)
         optimizer = build_optimizer(train_config.optimizer(c), trainable)
         opt_sharding = step_shardings(mesh, frozen, trainable, optimizer)[2]
         opt_state = init_opt_state(optimizer, trainable, opt_sharding)
-    manager = wd.manager(workdir, items=ITEMS, keep=r.keep, asynchronous=True)
-    return RLRun(c, mesh, tokenizer, tasks, graphdef, frozen, trainable, opt_state, optimizer, opt_sharding, settings,
-                 manager, sampler=trainable)
+    return dict(graphdef=graphdef, frozen=frozen, trainable=trainable, opt_state=opt_state, optimizer=optimizer,
+                opt_sharding=opt_sharding)
+
+
+def checkpoint_manager(c) -> ocp.CheckpointManager:
+    return wd.manager(os.path.abspath(c.workdir), items=ITEMS, keep=c.rl.keep, asynchronous=True)
 
 
 def update_fn(run: RLRun, batch):
