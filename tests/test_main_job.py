@@ -2,8 +2,8 @@
 (pre-train -> export -> SFT -> eval -> RL -> eval, each stage in its folder, the before/after table
 as JSON and markdown), a second run that skips every stage, and bad keys refused by name.
 
-The end-to-end run is every stage's compile at tiny sizes: about 2 min on the loaded 2-core CI
-machine (2026-11-29), 5 s for the second run."""
+The end-to-end run is mostly every stage's compile at tiny sizes: 95-120 s on the loaded 2-core
+machine (load 5-7, 2026-11-29), 4-5 s for the second run."""
 import importlib.util
 import json
 import os
