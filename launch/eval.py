@@ -16,6 +16,9 @@ from absl import app
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff.config import cli
+
+PROG = "launch/eval.py"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/eval.py)", lock_config=True)
 
 
@@ -25,14 +28,14 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     c = _CONFIG.value
     if c is None:
-        raise app.UsageError("--config is required, e.g. --config configs/eval.py")
+        cli.refuse(PROG, "--config is required, e.g. --config configs/eval.py")
     from jaxdiff.eval import harness
 
     try:
         harness.run(c)
     except harness.EvalConfigError as e:
-        raise app.UsageError(str(e)) from None
+        cli.refuse(PROG, str(e))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG))

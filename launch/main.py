@@ -26,9 +26,11 @@ import signal
 import sys
 import time
 
-from absl import app, flags
+from absl import app
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from jaxdiff.config import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/main_job.py)", lock_config=True)
 
@@ -436,25 +438,7 @@ def plot(report: dict, out: str) -> bool:
 
 # ----------------------------------------------------------------------------- the command line
 def _refuse(msg: str):
-    print(f"launch/main.py: error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
-def _parse_flags(argv):
-    """absl's parsing, but a bad --config override is one line naming it (exit code 2), not a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except Exception as e:  # ml_collections raises AttributeError / KeyError / ValueError for bad overrides
-        lines = [x.strip() for x in str(e).replace("\\n", "\n").splitlines() if x.strip()]
-        last = lines[-1] if lines else type(e).__name__
-        m = re.match(r"""^['"\\]*([A-Za-z0-9_]+)['"\\]*$""", lines[0]) if lines else None
-        if isinstance(e, (AttributeError, KeyError)) and m:   # an unknown key, perhaps with a "did you mean"
-            key = m.group(1)
-            arg = next((a for a in argv[1:] if re.search(rf"\.{re.escape(key)}(=|$)", a)), "--config")
-            hint = " ".join(lines[1:]).strip("'\"")
-            _refuse(f"{arg.split('=')[0]}: unknown key {key!r}" + (f" ({hint})" if hint else ""))
-        last = re.sub(r"^\w*Error: ", "", last)
-        _refuse(last[1:-1] if len(last) > 1 and last[0] == last[-1] and last[0] in "'\"" else last)
+    cli.refuse("launch/main.py", msg)
 
 
 def main(argv):
@@ -473,4 +457,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=cli.flags_parser("launch/main.py"))

@@ -14,12 +14,14 @@ refused by name (exit code 2).
 from __future__ import annotations
 
 import logging
-import sys
 
 from absl import app
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff.config import cli
+
+PROG = "launch/rl.py"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/rl_*.py)", lock_config=True)
 
 
@@ -29,7 +31,7 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it renames at INFO
     c = _CONFIG.value
     if c is None:
-        raise app.UsageError("--config is required, e.g. --config configs/rl_tiny.py")
+        cli.refuse(PROG, "--config is required, e.g. --config configs/rl_tiny.py")
     from jaxdiff.config import ConfigValueError
     from jaxdiff.rl.loop import train_rl
     from jaxdiff.rl.order_distill import train_order_distill
@@ -38,8 +40,7 @@ def main(argv):
     try:
         out = (train_order_distill if distill else train_rl)(c)
     except ConfigValueError as e:
-        print(f"launch/rl.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.refuse(PROG, str(e))
     if out["stopped"]:
         print(f"stopped by {out['stopped']} after batch {out['batch']}; checkpoint saved in {c.workdir}/checkpoints")
         return
@@ -57,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG))

@@ -15,6 +15,9 @@ from absl import app
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff.config import cli
+
+PROG = "launch/sample.py"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/sample.py)", lock_config=True)
 
 MODES = ("diffusion", "scaffold", "ar")
@@ -25,9 +28,9 @@ def _prompt_ids(c, tokenizer) -> list[int]:
         try:
             return [int(t) for t in c.prompt_ids.split(",") if t.strip()]
         except ValueError:
-            raise app.UsageError(f"config.prompt_ids={c.prompt_ids!r}: expected comma-separated integers") from None
+            cli.refuse(PROG, f"config.prompt_ids={c.prompt_ids!r}: expected comma-separated integers")
     if tokenizer is None:
-        raise app.UsageError(f"{c.checkpoint} has no tokenizer: pass config.prompt_ids or config.tokenizer")
+        cli.refuse(PROG, f"{c.checkpoint} has no tokenizer: pass config.prompt_ids or config.tokenizer")
     return tokenizer(c.prompt, add_special_tokens=False)["input_ids"]
 
 
@@ -53,9 +56,9 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     c = _CONFIG.value
     if c is None:
-        raise app.UsageError("--config is required, e.g. --config configs/sample.py")
+        cli.refuse(PROG, "--config is required, e.g. --config configs/sample.py")
     if c.mode not in MODES:
-        raise app.UsageError(f"config.mode={c.mode!r}: choose from {', '.join(MODES)}")
+        cli.refuse(PROG, f"config.mode={c.mode!r}: choose from {', '.join(MODES)}")
     import jax
     import numpy as np
 
@@ -67,7 +70,7 @@ def main(argv):
         model, tok = load_for_sampling(c.checkpoint, step=None if c.step < 0 else c.step, dtype=c.dtype or None,
                                        tokenizer_path=c.tokenizer or None, mask_id=None if c.mask_id < 0 else c.mask_id)
     except (ValueError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+        cli.refuse(PROG, str(e))
     ids = _prompt_ids(c, tok)
     key = jax.random.key(c.seed)
     eos = model.config.eos_token_id if c.stop_at_eos else None
@@ -92,7 +95,7 @@ def main(argv):
                 printer(0, np.asarray([row[len(ids):]]), None)
             return row, st.tokens, st.forward_passes, st.tokens
         if tok is None:
-            raise app.UsageError("config.mode=scaffold needs a tokenizer (config.scaffold_stop is text)")
+            cli.refuse(PROG, "config.mode=scaffold needs a tokenizer (config.scaffold_stop is text)")
         stop = tok(c.scaffold_stop, add_special_tokens=False)["input_ids"][:1]
         kw2 = {k: v for k, v in kw.items() if k not in ("key",)}
         row, info = scaffold_then_infill(model, ids, scaffold_max_tokens=c.scaffold_max_tokens, scaffold_stop_ids=stop,
@@ -122,4 +125,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG))

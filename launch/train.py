@@ -15,6 +15,9 @@ from absl import app
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxdiff.config import cli
+
+PROG = "launch/train.py"
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/*.py)", lock_config=True)
 
 
@@ -24,14 +27,18 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every file it renames at INFO
     c = _CONFIG.value
     if c is None:
-        raise app.UsageError("--config is required, e.g. --config configs/tiny_coder.py")
+        cli.refuse(PROG, "--config is required, e.g. --config configs/tiny_coder.py")
     from jaxdiff.parallel.distributed import initialize
     initialize()   # several processes (launch/local, SLURM, TPU pod): before any device is touched
     import jax
 
+    from jaxdiff.config import ConfigValueError
     from jaxdiff.train.loop import sample_text, train
 
-    out = train(c, progress=jax.process_index() == 0)
+    try:
+        out = train(c, progress=jax.process_index() == 0)
+    except ConfigValueError as e:
+        cli.refuse(PROG, str(e))
     lead = jax.process_index() == 0
     ev = out["eval"]
     if out["stopped"]:
@@ -48,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser(PROG))
