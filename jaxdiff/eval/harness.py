@@ -181,7 +181,7 @@ class Generator:
         pre = list(self.tok(t.prompt, add_special_tokens=False)["input_ids"])
         suf = list(self.tok(t.suffix, add_special_tokens=False)["input_ids"]) if t.suffix else []
         true_span = len(self.tok(t.reference or "", add_special_tokens=False)["input_ids"]) or 1
-        kw = dict(policy=s.policy, temperature=s.temperature, lora=s.lora)
+        kw = dict(policy=s.policy, temperature=s.temperature, lora=s.lora, pad_bucket=s.pad_bucket)
         if s.infill_length == "predicted":
             def run():
                 return fill_predicted_span(self.model, pre, suf, eos_id=self.tok.eos_token_id,
@@ -191,7 +191,8 @@ class Generator:
                 out, st = fill_span(self.model, pre, suf, true_span, block_length=min(s.block_length, true_span),
                                     key=self._key(), **kw)
                 return [int(x) for x in np.asarray(out)[0, len(pre):len(pre) + true_span]], dict(st, span_budget=true_span)
-        shape = ("infill", s.infill_length, len(pre), true_span, len(suf))
+        padded = -(-(len(pre) + true_span + len(suf)) // s.pad_bucket) * s.pad_bucket   # fill_span's bucket
+        shape = ("infill", s.infill_length, padded, true_span)
         if s.warmup and shape not in self.warm:
             run()
             self.warm.add(shape)

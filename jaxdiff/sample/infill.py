@@ -68,13 +68,27 @@ def infill(model, tokens, *, block_length: int, steps_per_block: int | None = No
     return out, {"steps": int(n), "forward_passes": int(f)}
 
 
-def fill_span(model, prefix_ids, suffix_ids, span_length: int, **kw):
-    """One row: prefix + span_length generated tokens + suffix -> (tokens [1, len], stats dict)."""
-    row = list(prefix_ids) + [resolve_mask_id(model, kw.get("mask_id"))] * span_length + list(suffix_ids)
-    return infill(model, jnp.asarray([row], jnp.int32), **kw)
+def _right_padded(row: list[int], pad_bucket: int | None, mask_id: int):
+    """(ids [1, n], valid [1, n]): the row right-padded with padding the model does not see up to a
+    multiple of pad_bucket (one compile per bucket instead of per length; positions of the real
+    tokens are unchanged)."""
+    n = len(row) if not pad_bucket else -(-len(row) // pad_bucket) * pad_bucket
+    pad = 0 if mask_id != 0 else 1
+    ids = jnp.asarray([row + [pad] * (n - len(row))], jnp.int32)
+    return ids, jnp.arange(n)[None] < len(row)
 
 
-def predict_span_length(model, prefix_ids, suffix_ids, *, max_length: int | None = None) -> int:
+def fill_span(model, prefix_ids, suffix_ids, span_length: int, *, pad_bucket: int | None = None, **kw):
+    """One row: prefix + span_length generated tokens + suffix -> (tokens [1, len], stats dict).
+    pad_bucket: right-pad the row to a multiple of it (invisible padding; the returned row keeps it)."""
+    mask_id = resolve_mask_id(model, kw.get("mask_id"))
+    row = list(prefix_ids) + [mask_id] * span_length + list(suffix_ids)
+    ids, valid = _right_padded(row, pad_bucket, mask_id)
+    return infill(model, ids, valid=valid, **kw)
+
+
+def predict_span_length(model, prefix_ids, suffix_ids, *, max_length: int | None = None,
+                        pad_bucket: int | None = None) -> int:
     """The length head's estimate of the gap between prefix and suffix: the head reads the context
     (prefix then suffix, the gap removed) the way it reads a prompt, and answers the upper edge of
     its most likely bucket, capped at max_length. Over-estimates are expected (bucket edges): fill
@@ -82,19 +96,19 @@ def predict_span_length(model, prefix_ids, suffix_ids, *, max_length: int | None
     if getattr(model, "length_head", None) is None:
         raise ValueError("a predicted span length needs a model with a length head "
                          "(train one with objective.length_weight > 0)")
-    ctx = list(prefix_ids) + list(suffix_ids)
-    ids = jnp.asarray([ctx], jnp.int32)
-    n = int(_length_from_head(model, ids, jnp.ones(ids.shape, bool))[0])
+    ids, valid = _right_padded(list(prefix_ids) + list(suffix_ids), pad_bucket, resolve_mask_id(model, None))
+    n = int(_length_from_head(model, ids, valid)[0])
     return min(n, max_length) if max_length else n
 
 
-def fill_predicted_span(model, prefix_ids, suffix_ids, *, eos_id: int, max_length: int | None = None, **kw):
+def fill_predicted_span(model, prefix_ids, suffix_ids, *, eos_id: int, max_length: int | None = None,
+                        pad_bucket: int | None = None, **kw):
     """fill_span at the length head's span length; the span ends at its first EOS (the model pads a
     shorter span with EOS, as SFT with padded answers teaches it). -> (span ids, stats dict with
     `span_budget`, the predicted length)."""
-    budget = predict_span_length(model, prefix_ids, suffix_ids, max_length=max_length)
+    budget = predict_span_length(model, prefix_ids, suffix_ids, max_length=max_length, pad_bucket=pad_bucket)
     kw["block_length"] = min(kw.get("block_length", budget), budget)
-    out, stats = fill_span(model, prefix_ids, suffix_ids, budget, **kw)
+    out, stats = fill_span(model, prefix_ids, suffix_ids, budget, pad_bucket=pad_bucket, **kw)
     span = [int(t) for t in np.asarray(out)[0, len(prefix_ids):len(prefix_ids) + budget]]
     if eos_id in span:
         span = span[:span.index(eos_id)]

@@ -210,6 +210,11 @@ def test_infill_at_the_predicted_span_length(dense):
         full = np.asarray(out)[0, 5:5 + want].tolist()
         assert stats["span_budget"] == want
         assert span == (full[:full.index(EOS)] if EOS in full else full)
+        # right-padded to a bucket (one compile per bucket): padding is invisible
+        assert predict_span_length(model, prefix, suffix, pad_bucket=16) == want
+        padded, _ = fill_span(model, prefix, suffix, want, block_length=min(4, want), pad_bucket=16)
+        assert padded.shape[1] == -(-out.shape[1] // 16) * 16 and np.asarray(padded)[0, :out.shape[1]].tolist() == np.asarray(out)[0].tolist()
+        assert fill_predicted_span(model, prefix, suffix, eos_id=EOS, block_length=4, pad_bucket=16)[0] == span
     stop = full[len(full) // 2]            # a token the model writes mid-span, standing in for EOS
     span, _ = fill_predicted_span(model, prefix, suffix, eos_id=stop, block_length=4)
     assert span == full[:full.index(stop)] and len(span) < want
