@@ -377,7 +377,7 @@ def tables(report: dict) -> str:
 
 
 def write_report(p: dict, status: dict, echo=print) -> dict:
-    """<workdir>/main_job.json, .md and .png (the PNG only where matplotlib is installed)."""
+    """<workdir>/main_job.json, .md and .png."""
     w = p["workdir"]
     stages = {}
     for s in STAGES:
@@ -395,21 +395,14 @@ def write_report(p: dict, status: dict, echo=print) -> dict:
     with open(os.path.join(w, "main_job.md"), "w", encoding="utf-8") as f:
         f.write(f"# main job ({w})\n\n{md}\n")
     echo(md)
-    png = os.path.join(w, "main_job.png")
-    if plot(report, png):
-        echo(f"wrote {os.path.join(w, 'main_job.json')}, main_job.md, main_job.png")
-    else:
-        echo(f"wrote {os.path.join(w, 'main_job.json')}, main_job.md; no main_job.png: matplotlib is not installed "
-             "(pip install -e \".[bench]\")")
+    plot(report, os.path.join(w, "main_job.png"))
+    echo(f"wrote {os.path.join(w, 'main_job.json')}, main_job.md, main_job.png")
     return report
 
 
-def plot(report: dict, out: str) -> bool:
+def plot(report: dict, out: str) -> None:
     """RL reward, pass rate and steps used per batch, and pass@1 before/after, into one PNG."""
-    try:
-        import matplotlib
-    except ImportError:
-        return False
+    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -433,7 +426,6 @@ def plot(report: dict, out: str) -> bool:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
-    return True
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -182,13 +183,18 @@ class Generator:
         suf = list(self.tok(t.suffix, add_special_tokens=False)["input_ids"]) if t.suffix else []
         true_span = len(self.tok(t.reference or "", add_special_tokens=False)["input_ids"]) or 1
         kw = dict(policy=s.policy, temperature=s.temperature, lora=s.lora, pad_bucket=s.pad_bucket)
+        rate = None if s.steps is None else s.gen_length / s.steps   # tokens per step, as for completions
         if s.infill_length == "predicted":
             def run():
                 return fill_predicted_span(self.model, pre, suf, eos_id=self.tok.eos_token_id,
-                                           max_length=s.gen_length, block_length=s.block_length, key=self._key(), **kw)
+                                           max_length=s.gen_length, block_length=s.block_length, key=self._key(),
+                                           tokens_per_step=rate, **kw)
         else:
+            blk = min(s.block_length, true_span)
+            per_block = None if rate is None else max(1, math.ceil(blk / rate))
+
             def run():
-                out, st = fill_span(self.model, pre, suf, true_span, block_length=min(s.block_length, true_span),
+                out, st = fill_span(self.model, pre, suf, true_span, block_length=blk, steps_per_block=per_block,
                                     key=self._key(), **kw)
                 return [int(x) for x in np.asarray(out)[0, len(pre):len(pre) + true_span]], dict(st, span_budget=true_span)
         padded = -(-(len(pre) + true_span + len(suf)) // s.pad_bucket) * s.pad_bucket   # fill_span's bucket

@@ -13,6 +13,7 @@ the diffusion head writes the body after it block-parallel.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -102,12 +103,15 @@ def predict_span_length(model, prefix_ids, suffix_ids, *, max_length: int | None
 
 
 def fill_predicted_span(model, prefix_ids, suffix_ids, *, eos_id: int, max_length: int | None = None,
-                        pad_bucket: int | None = None, **kw):
+                        pad_bucket: int | None = None, tokens_per_step: float | None = None, **kw):
     """fill_span at the length head's span length; the span ends at its first EOS (the model pads a
     shorter span with EOS, as SFT with padded answers teaches it). -> (span ids, stats dict with
-    `span_budget`, the predicted length)."""
+    `span_budget`, the predicted length). tokens_per_step: the step budget as a rate (each block of
+    the span gets ceil(its length / rate) steps; None: one token per step, or kw's steps_per_block)."""
     budget = predict_span_length(model, prefix_ids, suffix_ids, max_length=max_length, pad_bucket=pad_bucket)
     kw["block_length"] = min(kw.get("block_length", budget), budget)
+    if tokens_per_step:
+        kw["steps_per_block"] = max(1, math.ceil(kw["block_length"] / tokens_per_step))
     out, stats = fill_span(model, prefix_ids, suffix_ids, budget, pad_bucket=pad_bucket, **kw)
     span = [int(t) for t in np.asarray(out)[0, len(prefix_ids):len(prefix_ids) + budget]]
     if eos_id in span:

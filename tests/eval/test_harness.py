@@ -136,11 +136,15 @@ def test_sweep_reports_infilling_at_true_and_predicted_length(tmp_path, capsys):
     wd = make_workdir(tmp_path / "run", length_head=True)
     out = str(tmp_path / "sweep")
     assert sweep(["--checkpoint", wd, "--suite", "synthetic-infill", "--limit", "2", "--gen_length", "8",
-                  "--steps", "8", "--block_lengths", "8", "--thresholds", "", "--caches", "none",
+                  "--steps", "8,2", "--block_lengths", "8", "--thresholds", "", "--caches", "none",
                   "--batch_size", "2", "--out", out, "--runs_dir", str(tmp_path / "points")]) == 0
     with open(out + ".csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["infill_length"] for r in rows] == ["true", "predicted"] and all(r["tasks"] == "2" for r in rows)
+    assert [(r["steps"], r["infill_length"]) for r in rows] == [("8", "true"), ("8", "predicted"), ("2", "true"),
+                                                                ("2", "predicted")]
+    assert all(r["tasks"] == "2" for r in rows)
+    for full, quarter in zip(rows[:2], rows[2:]):   # 2 steps over 8 tokens: 4 tokens per step, in the span too
+        assert float(quarter["forward_passes"]) < float(full["forward_passes"])
     with open(out + ".json") as f:
         assert set(json.load(f)["aup_by_infill_length"]) == {"true", "predicted"}
     assert "AUP (predicted length)" in capsys.readouterr().out
