@@ -63,3 +63,20 @@ def test_the_saved_objective_sets_the_samplers_default_attention(pretrained):
     model, _, _ = builder.load_workdir(pretrained, config=saved)
     assert (model.objective_kind, model.objective_block_size) == ("block_diffusion", 4)
     assert resolve_attention(model, "auto", 4) == "block_diffusion"
+
+
+def test_saved_config_holds_absolute_local_paths(tmp_path, monkeypatch):
+    """A workdir trained from `runs/sft` (relative) loads from any directory: the saved config has
+    the path made absolute; hub names and absent paths stay as given."""
+    import json
+
+    from jaxdiff.checkpoint import workdir as wd
+    from jaxdiff.config import get_config
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("runs/sft")
+    c = get_config()
+    c.model.checkpoint, c.tokenizer.path, c.data.path = "runs/sft", "Qwen/Qwen3-0.6B", "runs/missing.jsonl"
+    saved = json.loads(wd.config_json(c))
+    assert saved["model"]["checkpoint"] == str(tmp_path / "runs" / "sft")
+    assert saved["tokenizer"]["path"] == "Qwen/Qwen3-0.6B" and saved["data"]["path"] == "runs/missing.jsonl"

@@ -40,6 +40,21 @@ def pick_step(mgr: ocp.CheckpointManager, step: int | None) -> int:
     return step
 
 
+LOCAL_PATH_FIELDS = (("model", "checkpoint"), ("tokenizer", "path"), ("data", "path"))
+
+
+def config_json(c) -> str:
+    """The run config as saved in `meta`: local paths (model.checkpoint, tokenizer.path, data.path)
+    made absolute when they exist, so the workdir loads from any working directory (a relative
+    `runs/sft` would otherwise be looked up from wherever the reader runs, then on the hub)."""
+    d = json.loads(c.to_json())
+    for section, key in LOCAL_PATH_FIELDS:
+        v = d.get(section, {}).get(key)
+        if isinstance(v, str) and v and not os.path.isabs(v) and os.path.exists(v):
+            d[section][key] = os.path.abspath(v)
+    return json.dumps(d)
+
+
 def saved_config(mgr: ocp.CheckpointManager, step: int) -> dict:
     """The run config saved with checkpoint `step`, as a dict."""
     meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -179,7 +179,7 @@ def update_fn(run: RLRun, batch):
 # ----------------------------------------------------------------------------- checkpoints
 def save(run: RLRun, *, force: bool = False) -> None:
     meta = {"step": run.batch, "batch": run.batch, "updates": run.updates, "sampler_version": run.sampler_version,
-            "config": run.config.to_json()}
+            "config": wd.config_json(run.config)}
     run.manager.save(run.batch, force=force, args=ocp.args.Composite(
         trainable=ocp.args.StandardSave(nnx.to_pure_dict(run.trainable)),
         opt_state=ocp.args.StandardSave(run.opt_state),

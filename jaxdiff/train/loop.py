@@ -131,7 +131,7 @@ def save(run: Run, *, force: bool = False) -> None:
         trainable=ocp.args.StandardSave(nnx.to_pure_dict(run.trainable)),
         opt_state=ocp.args.StandardSave(run.opt_state),
         data=ocp.args.JsonSave(run.train_iter.get_state()),
-        meta=ocp.args.JsonSave({"step": run.step, "config": run.config.to_json()})))
+        meta=ocp.args.JsonSave({"step": run.step, "config": wd.config_json(run.config)})))
 
 
 def _iterator_state_from_json(state):
