@@ -205,10 +205,10 @@ class Generator:
         t0 = time.perf_counter()
         ids, st = run()
         dt = time.perf_counter() - t0
-        budget = st["span_budget"]
+        budget = st["span_budget"]   # the masks filled; the span is what comes before the first EOS
         return (self.tok.decode(ids, skip_special_tokens=True),
-                dict(steps=st["steps"], forward_passes=st["forward_passes"], tokens=budget,
-                     tokens_per_s=round(budget / max(dt, 1e-9), 2), gen_ms=round(1000 * dt, 2),
+                dict(steps=st["steps"], forward_passes=st["forward_passes"], tokens=len(ids),
+                     tokens_per_s=round(len(ids) / max(dt, 1e-9), 2), gen_ms=round(1000 * dt, 2),
                      batch_ms=round(1000 * dt, 2), batch=1, span_tokens=budget, true_span_tokens=true_span))
 
 

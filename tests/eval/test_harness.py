@@ -118,6 +118,7 @@ def test_infilling_at_the_predicted_length(tmp_path):
     assert summ["tasks"] == 2
     for x in _lines(tmp_path / "pred_samples.jsonl"):
         assert x["span_tokens"] in (4, 8) and x["true_span_tokens"] >= 1
+        assert x["tokens"] <= x["span_tokens"]   # the span before its first EOS, not the masks filled
     with pytest.raises(ValueError, match="length head"):
         harness.run(_config(checkpoint=make_workdir(tmp_path / "plain"), suite="humaneval-infill-single", limit=1,
                             out_dir=str(tmp_path), name="plain", infill_length="predicted", tensorboard=False,
