@@ -324,14 +324,20 @@ def run(c, *, model=None, tokenizer=None, generator=None, echo=print) -> dict:
         if pending is not None:
             records += _finish(pool, pending, paths)
     ks = tuple(int(k) for k in str(c.ks).split(",") if k.strip())
-    summ = verdicts.summary([r for r in records if r["task_id"] in {t.id for t in tasks}], ks=ks)
+    ids = {t.id for t in tasks}
+    mine = [r for r in records if r["task_id"] in ids]
+    summ = verdicts.summary(mine, ks=ks)
+    # speed over every sample of these tasks, this run's and a resumed run's earlier ones alike
+    timed = [r for r in mine if all(isinstance(r.get(k), (int, float)) for k in ("tokens", "forward_passes", "gen_ms"))]
+    all_s = sum(r["gen_ms"] for r in timed) / 1000
+    all_tokens, all_nfe = sum(r["tokens"] for r in timed), sum(r["forward_passes"] for r in timed)
     summ.update(
         suite=c.suite, checkpoint=c.checkpoint, name=name,
-        new_samples=int(rows_done), generation_s=round(gen_s, 3), wall_s=round(time.perf_counter() - t_start, 3),
-        tokens_per_s=round(gen_tokens / gen_s, 2) if gen_s else None,
-        tokens_per_forward=round(gen_tokens / nfe_rows, 3) if nfe_rows else None,
-        mean_tokens=round(gen_tokens / rows_done, 2) if rows_done else None,
-        mean_forward_passes=round(nfe_rows / rows_done, 2) if rows_done else None,
+        new_samples=int(rows_done), generation_s=round(all_s, 3), wall_s=round(time.perf_counter() - t_start, 3),
+        tokens_per_s=round(all_tokens / all_s, 2) if all_s else None,
+        tokens_per_forward=round(all_tokens / all_nfe, 3) if all_nfe else None,
+        mean_tokens=round(all_tokens / len(timed), 2) if timed else None,
+        mean_forward_passes=round(all_nfe / len(timed), 2) if timed else None,
         settings=dataclasses.asdict(s), timeout_s=c.timeout_s,
         date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
     with open(paths["summary"], "w", encoding="utf-8") as f:

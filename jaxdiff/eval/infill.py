@@ -18,10 +18,10 @@ right: every stored mutant fails and every reference passes, through the pool.
 
 `synthetic_infilling` is the small-model counterpart, cut from the synthetic family's held-out
 split of new constants (the tasks the SFT tiny coder is measured on): one line of the reference
-body, chosen by a generator seeded with (seed, task id); the span is that line's text after its
-indentation and after a leading `return ` (so the span carries the constants to copy: `x + 121`,
-not `return`), the prefix is the prompt plus everything before, the suffix the line's newline and
-the lines after. Mutants are the task's own mutants where they differ from the reference in that
+body, chosen by a generator seeded with (seed, task id); the span is that line without its newline,
+cut where a BPE cuts: after a leading `return` (the span carries the constants to copy and its
+leading space, ` x + 121`) or else at the line's start (with its indentation). The prefix is the
+prompt plus everything before, the suffix the line's newline and the lines after. Mutants are the task's own mutants where they differ from the reference in that
 span alone (off-by-one and wrong-operator mutants; a swapped branch changes two lines and is left out).
 """
 
@@ -105,9 +105,10 @@ def _synthetic_cached(split, seed):
         code = [i for i, line in enumerate(lines) if line.strip()]
         i = random.Random(f"{seed}:synthetic:{p.id}").choice(code)
         line = lines[i]
-        start = len(line) - len(line.lstrip())
-        if line[start:].startswith("return "):
-            start += len("return ")
+        indent = len(line) - len(line.lstrip())
+        # cut where the tokenizer cuts: after `return` (the span keeps its leading space, " x + 121"),
+        # else at the line's start (the span keeps its indentation)
+        start = indent + len("return") if line[indent:].startswith("return ") else 0
         end = len(line.rstrip("\n"))
         before, after = "".join(lines[:i]) + line[:start], line[end:] + "".join(lines[i + 1:])
         span = line[start:end]

@@ -75,6 +75,12 @@ def test_launch_eval_end_to_end_then_resume(workdir, tmp_path):
     assert [x["task_id"] for x in results] == [t.id for t in tasks] and results[3]["passed"]
     assert summ["tasks"] == 4 and summ["new_samples"] == 1
     assert [s["task_id"] for s in _lines(out / "t_samples.jsonl")] == [t.id for t in tasks]
+    # nothing left to do: the speed figures still cover every sample (a sweep reads them)
+    again = harness.run(_config(checkpoint=workdir, suite="synthetic-heldout-constants", limit=4, out_dir=str(out),
+                                name="t", tensorboard=False), generator=gen, echo=lambda *_: None)
+    assert again["new_samples"] == 0 and seen == [tasks[3].id]
+    for k in ("tokens_per_s", "tokens_per_forward", "mean_forward_passes", "pass@1"):
+        assert again[k] == summ[k] is not None, k
 
 
 def test_a_torn_line_is_dropped_only_at_the_end(tmp_path):

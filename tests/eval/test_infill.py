@@ -63,7 +63,8 @@ def test_synthetic_infilling_cuts_one_line_of_each_held_out_task():
     for t in tasks:
         p = sources[t.meta["source"]]
         assert t.prompt + t.reference + t.suffix == p.prompt + p.reference and t.infill
-        assert "\n" not in t.reference and not t.reference.startswith(("return", " "))
+        assert "\n" not in t.reference and t.reference.strip() and not t.reference.lstrip().startswith("return")
+        assert t.prompt.endswith(("return", "\n"))   # a cut where the tokenizer cuts
         assert t.tests == p.tests and t.family == p.family
         for m in t.mutants:
             assert m.completion != t.reference and "\n" not in m.completion
