@@ -168,8 +168,8 @@ def main(argv=None) -> int:
                 pts = [r for r in rows if r["cache"] == cache and r["infill_length"] == length
                        and r["policy"].startswith(kind)]
                 if pts:
-                    label = f"{kind}, cache={cache}" + (f", {length} length" if length != "-" else "")
-                    ax.scatter([r[key] for r in pts], [r["pass1"] for r in pts], marker=marker, label=label)
+                    legend = f"{kind}, cache={cache}" + (f", {length} length" if length != "-" else "")
+                    ax.scatter([r[key] for r in pts], [r["pass1"] for r in pts], marker=marker, label=legend)
                     for r in pts:
                         tag = r["policy"].split(":")[1] if ":" in r["policy"] else f"s{r['steps']}"
                         ax.annotate(f"{tag}/b{r['block_length']}", (r[key], r["pass1"]), fontsize=7)
