@@ -14,7 +14,10 @@ included) and its tokenizer are the starting point, and every weight keeps train
 Measured (docs/benchmarks.md): three 600-step runs, each from the previous one's workdir
 (`--config.model.checkpoint=runs/sft_synthetic --config.workdir=runs/sft_synthetic_2`, then _2 -> _3),
 reach 36.7% greedy pass@1 on the 256 held-out-constant tasks (2.3% after the first run, 18.4% after
-the second); 0% on unseen templates.
+the second); 0% on unseen templates. A length head for infilling at a predicted length, as an adapter
+on the frozen SFT model: `--config.model.checkpoint=runs/sft_synthetic_3 --config.lora.full_training=False
+--config.objective.diffusion_weight=0.0 --config.objective.length_weight=1.0
+--config.length_head.edges=8,16,24,32,40 --config.train.steps=200` (docs/benchmarks.md).
 """
 from jaxdiff.config import defaults as base
 
