@@ -66,8 +66,12 @@ def test_synthetic_infilling_cuts_one_line_of_each_held_out_task():
         assert "\n" not in t.reference and t.reference.strip() and not t.reference.lstrip().startswith("return")
         assert t.prompt.endswith(("return", "\n"))   # a cut where the tokenizer cuts
         assert t.tests == p.tests and t.family == p.family
+        # every judged program is one the synthetic family's own pool test judges (test_synthetic:
+        # each reference passes, each mutant fails): the reference's, and one mutant's per mutant
+        source_mutants = {p.program(m.completion) for m in p.mutants}
         for m in t.mutants:
             assert m.completion != t.reference and "\n" not in m.completion
+            assert t.program(m.completion) in source_mutants
     assert sum(len(t.mutants) for t in tasks) >= 600
 
 
