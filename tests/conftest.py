@@ -5,6 +5,15 @@ USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "")  # before the 8 fake devices ar
 if "xla_force_host_platform_device_count" not in USER_XLA_FLAGS:
     os.environ["XLA_FLAGS"] = (USER_XLA_FLAGS + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one persistent XLA compilation cache for the session, inherited by every subprocess (launch/*.py
+# runs, the two-process tests, the wheel's venv): identical programs compile once across processes
+# and across re-created jitted functions. Fresh per session, so the suite's time does not depend on
+# an earlier run. JAX_COMPILATION_CACHE_DIR set by the caller is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxdiff-test-xla-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
