@@ -44,13 +44,12 @@ from flax import nnx
 from jaxdiff.config.schema import ConfigValueError
 from jaxdiff.data.pipeline import sft_rows
 from jaxdiff.eval.harness import prompt_ids
-from jaxdiff.eval.suites import load_suite
 from jaxdiff.eval.tasks import sft_conversations, sft_pairs
 from jaxdiff.parallel import use_mesh
 from jaxdiff.rl import config as rl_config
 from jaxdiff.rl.estimators import EstimatorSettings, answer_log_probs, trace_replay
 from jaxdiff.rl.loop import RLRun, adapter_state, batch_key, checkpoint_manager, prepare, restore, save
-from jaxdiff.rl.prompts import PAD_BUCKET, TaskSet, bend_available, suite_names
+from jaxdiff.rl.prompts import PAD_BUCKET, TaskSet, bend_available, load_rl_suite, suite_names
 from jaxdiff.rl.rollout import Rollout, rollout_settings
 from jaxdiff.rl.update import update_shardings
 from jaxdiff.sample.sampler import SamplerSettings, as_batch, commit_top, transfer_schedule
@@ -278,12 +277,7 @@ def load_examples(c, tokenizer) -> Examples:
     a = r.gen_length
     tasks, prompts, answers, skipped = [], [], [], Counter()
     for name in suite_names(c, bend=bend_available()):
-        try:
-            suite = load_suite(name)
-        except KeyError as e:
-            raise ConfigValueError(f"config.rl.suites: {e.args[0]}") from None
-        except (ValueError, OSError) as e:
-            raise ConfigValueError(f"config.rl.suites: suite {name!r}: {e}") from None
+        suite = load_rl_suite(name)
         for t in suite:
             if t.infill:
                 skipped["infilling"] += 1

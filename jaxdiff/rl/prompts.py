@@ -30,6 +30,16 @@ def bend_available() -> bool:
     return shutil.which("bend") is not None and shutil.which("hvm") is not None
 
 
+def load_rl_suite(name: str) -> list[Task]:
+    """`load_suite`, with a bad name or file refused as the config.rl.suites value it came from."""
+    try:
+        return load_suite(name)
+    except KeyError as e:
+        raise ConfigValueError(f"config.rl.suites: {e.args[0]}") from None
+    except (ValueError, OSError) as e:
+        raise ConfigValueError(f"config.rl.suites: suite {name!r}: {e}") from None
+
+
 @dataclasses.dataclass(frozen=True)
 class TaskSet:
     """tasks[i] and its prompt tokens prompts[i]; every batch is [P, width], left-padded."""
@@ -68,12 +78,7 @@ def load_tasks(c, tokenizer, *, bend: bool | None = None) -> TaskSet:
     bend = bend_available() if bend is None else bend
     tasks, prompts, skipped = [], [], Counter()
     for name in suite_names(c, bend=bend):
-        try:
-            suite = load_suite(name)
-        except KeyError as e:
-            raise ConfigValueError(f"config.rl.suites: {e.args[0]}") from None
-        except (ValueError, OSError) as e:
-            raise ConfigValueError(f"config.rl.suites: suite {name!r}: {e}") from None
+        suite = load_rl_suite(name)
         for t in suite:
             if t.infill:
                 skipped["infilling"] += 1
