@@ -33,22 +33,19 @@ def main(argv):
     import jax
 
     from jaxdiff.config import ConfigValueError
-    from jaxdiff.train.loop import sample_text, train
+    from jaxdiff.train.loop import sample_text, summary_line, train
 
     try:
         out = train(c, progress=jax.process_index() == 0)
     except ConfigValueError as e:
         cli.refuse(PROG, str(e))
     lead = jax.process_index() == 0
-    ev = out["eval"]
     if out["stopped"]:
         if lead:
             print(f"stopped by {out['stopped']} at step {out['step']}; checkpoint saved in {c.workdir}/checkpoints")
         return
-    acc = next((v for k, v in ev.items() if k.endswith("masked_acc")), None)
     if lead:
-        print(f"step {out['step']}: held-out loss {ev.get('loss', float('nan')):.4f}"
-              + (f", held-out masked-token accuracy {acc:.4f}" if acc is not None else ""))
+        print(summary_line(out))
     sample = sample_text(out["run"])   # every process takes part in the sharded sampling
     if lead:
         print("diffusion sample:\n" + sample)

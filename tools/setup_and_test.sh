@@ -24,7 +24,9 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
 lint-imports
 set +e
-python -m pytest -q -p no:cacheprovider --durations=25 "$@"
+# Two workers (one per core of the 2-core CI machine): much of the suite is single-threaded XLA
+# compilation. loadgroup keeps the pre-trained model's tests on one worker (tests/conftest.py).
+python -m pytest -q -p no:cacheprovider -n "${JAXDIFF_TEST_WORKERS:-2}" --dist loadgroup --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

@@ -209,6 +209,14 @@ def _flops_per_token(run: Run) -> float:
     return 6.0 * active if run.config.lora.full_training else 4.0 * active
 
 
+def summary_line(out: dict) -> str:
+    """`train`'s result as one line: the step, held-out loss and (diffusion) masked-token accuracy."""
+    ev = out["eval"]
+    acc = next((v for k, v in ev.items() if k.endswith("masked_acc")), None)
+    return (f"step {out['step']}: held-out loss {ev.get('loss', float('nan')):.4f}"
+            + (f", held-out masked-token accuracy {acc:.4f}" if acc is not None else ""))
+
+
 def sample_text(run: Run) -> str:
     from jaxdiff.sample.sampler import generate
 
