@@ -3,6 +3,8 @@ localhost (gloo collectives) through launch/local/multiprocess.sh, train an SFT 
 checkpoint, and a fresh pair of processes resumes it.
 
 - Resumed by a fresh pair == the pair's uninterrupted run, bit for bit (exact resume across processes).
+  The fresh pair resumes from a copy of the uninterrupted run's own step-3 checkpoint (its step-6
+  checkpoint removed), so three launches suffice: one process, the pair, the resuming pair.
 - == one process with 8 devices on the same global batches (SFT batches do not depend on the
   process count): the training loss of every step to 1e-5 relative, and the parameters to 1e-5
   absolute. Not bit for bit: the gradient all-reduce sums in another order across processes (gloo)
@@ -12,6 +14,7 @@ checkpoint, and a fresh pair of processes resumes it.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,9 +75,13 @@ def _losses(workdir):
 @pytest.mark.slow
 def test_two_processes_train_save_resume_and_match_one_process(sft, tmp_path):
     single = _train(sft, tmp_path / "single", 6, processes=1)
-    full = _train(sft, tmp_path / "pair", 6, processes=2)
-    _train(sft, tmp_path / "resumed", 3, processes=2)              # saves step 3
+    full = _train(sft, tmp_path / "pair", 6, processes=2)          # saves steps 3 and 6 (train.keep=3)
+    assert sorted(os.listdir(tmp_path / "pair" / "checkpoints")) == ["3", "6"]
+    # the pair as if stopped after step 3: its workdir without the step-6 checkpoint (nor its tensorboard)
+    shutil.copytree(tmp_path / "pair", tmp_path / "resumed", ignore=shutil.ignore_patterns("tb"))
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "6")
     resumed = _train(sft, tmp_path / "resumed", 6, processes=2)    # a fresh pair restores step 3
+    assert "resumed from step 3" in resumed, resumed[-2000:]
     for out in (single, full, resumed):
         assert "step 6: held-out loss" in out, out[-2000:]
     p, r = _trained(tmp_path / "pair"), _trained(tmp_path / "resumed")
