@@ -68,7 +68,7 @@ def test_left_padding_does_not_change_real_tokens(attention):
 def test_block_cache_is_exact():
     """Prompt, then blocks committed one by one into the cache == one uncached block-mode pass."""
     cfg = tiny.moe()
-    model = build_model(cfg, seed=5)
+    model = tiny.jitted(build_model(cfg, seed=5))
     rs = np.random.RandomState(4)
     prompt_len, block, n_blocks = 7, 4, 3
     tokens = jnp.asarray(rs.randint(0, 256, (2, prompt_len + block * n_blocks)))

@@ -18,6 +18,8 @@ from tests.model import tiny
 from tests.train.test_step import _batch, _model, _randomize_b
 
 LAYOUTS = [{"expert": 8}, {"fsdp": 2, "expert": 4}, {"data": 2, "expert": 2, "tensor": 2}]
+# one MoE layer: the dispatch, the router losses and every head's gradients do not depend on depth
+MODEL = dict(seed=5, num_experts=8, num_hidden_layers=1)
 
 
 def _step(model, batch, key, mesh=None):
@@ -33,15 +35,22 @@ def _step(model, batch, key, mesh=None):
     return jax.device_get((new_trainable, metrics)), hlo
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "x".join(f"{k}{v}" for k, v in l.items()))
-def test_train_step_with_all_to_all_equals_single_device(layout):
+@pytest.fixture(scope="module")
+def single_device():
+    """The single-device step every layout is compared with (computed once): batch, key, result."""
     batch, key = _batch(b=8), jax.random.key(3)
-    m1 = _model(seed=5, num_experts=8)
+    m1 = _model(**MODEL)
     _randomize_b(m1)
     (t1, m1_metrics), hlo1 = _step(m1, batch, key)
     assert "all-to-all" not in hlo1
+    return batch, key, t1, m1_metrics
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda l: "x".join(f"{k}{v}" for k, v in l.items()))
+def test_train_step_with_all_to_all_equals_single_device(layout, single_device):
+    batch, key, t1, m1_metrics = single_device
     mesh = make_mesh(layout)
-    m2 = _model(seed=5, num_experts=8, options=ModelOptions(mesh=mesh))
+    m2 = _model(**MODEL, options=ModelOptions(mesh=mesh))
     _randomize_b(m2)
     with use_mesh(mesh):
         place(m2, mesh)

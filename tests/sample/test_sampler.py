@@ -31,7 +31,8 @@ def prompts(b, p, seed=0):
 
 
 def np_logits(model):
-    return lambda x: np.asarray(model(jnp.asarray(x, jnp.int32), attention="bidirectional"))
+    call = tiny.jitted(model)
+    return lambda x: np.asarray(call(jnp.asarray(x, jnp.int32), attention="bidirectional"))
 
 
 def test_transfer_schedule_matches_llada():
@@ -244,8 +245,9 @@ def test_ar_generate_with_cache_matches_recomputed_greedy(moe):
     x_np = prompts(2, 5, seed=8)
     out, stats = ar_generate(moe, x_np, max_new_tokens=6, lora=None)
     x = x_np.copy()
+    call = tiny.jitted(moe)
     for _ in range(6):
-        nxt = np.asarray(moe(jnp.asarray(x), attention="causal"))[:, -1].argmax(-1)
+        nxt = np.asarray(call(jnp.asarray(x), attention="causal"))[:, -1].argmax(-1)
         x = np.concatenate([x, nxt[:, None]], 1)
     np.testing.assert_array_equal(np.asarray(out), x)
     assert stats.forward_passes == 7 and stats.tokens == 6

@@ -1,10 +1,14 @@
 """The training loop on the runlocal tiny config: exact resume, SIGTERM, damaged checkpoints,
-tensorboard scalars, config validation."""
+tensorboard scalars, config validation. One uninterrupted 6-step run (a module fixture) is the
+reference of the resume test, the run whose event files are read, and the workdir (copied) whose
+newest checkpoint is damaged."""
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -43,8 +47,16 @@ def _leaves(run):
     return [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(run.trainable))]
 
 
-def test_exact_resume_matches_uninterrupted_training(tmp_path, tok_dir):
-    full = train(_config(tmp_path / "a", tok_dir, steps=6), progress=False)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, tok_dir):
+    """(workdir, train's result) of an uninterrupted 6-step run: eval, sample and checkpoint at 3 and 6.
+    Tests read it or copy its workdir; none writes into it."""
+    workdir = tmp_path_factory.mktemp("full")
+    return workdir, train(_config(workdir, tok_dir, steps=6), progress=False)
+
+
+def test_exact_resume_matches_uninterrupted_training(tmp_path, tok_dir, full_run):
+    full = full_run[1]
     first = train(_config(tmp_path / "b", tok_dir, steps=3), progress=False)
     second = train(_config(tmp_path / "b", tok_dir, steps=6), progress=False)
     assert second["history"][0]["step"] == 4          # it resumed, it did not start over
@@ -54,8 +66,9 @@ def test_exact_resume_matches_uninterrupted_training(tmp_path, tok_dir):
         np.testing.assert_array_equal(x, y)
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tok_dir, caplog):
-    train(_config(tmp_path, tok_dir, steps=6), progress=False)
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tok_dir, full_run, caplog):
+    tmp_path = tmp_path / "run"
+    shutil.copytree(full_run[0], tmp_path)                # the 6-step run's workdir, checkpoints 3 and 6
     ckpts = tmp_path / "checkpoints"
     assert sorted(os.listdir(ckpts)) >= ["3", "6"]
     for f in (ckpts / "6" / "trainable").rglob("*"):
@@ -66,8 +79,8 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, tok_
     assert out["history"][0]["step"] == 4              # continued from step 3
 
 
-def test_event_files_hold_the_scalars(tmp_path, tok_dir):
-    train(_config(tmp_path, tok_dir, steps=3), progress=False)
+def test_event_files_hold_the_scalars(full_run):
+    tmp_path = full_run[0]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
@@ -76,30 +89,34 @@ def test_event_files_hold_the_scalars(tmp_path, tok_dir):
               "train/tokens_per_s", "train/step_time", "train/mfu", "train/skipped", "eval/loss",
               "eval/diffusion/masked_acc"):
         assert t in tags, t
-    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
     assert "sample/text_summary" in acc.Tags()["tensors"]
 
 
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path, tok_dir):
+    # the optimizer keeps the runlocal schedule (total_steps 6, then the final lr): the step program is
+    # then the one the in-process runs compiled, read from the session's compilation cache
     cmd = [sys.executable, "launch/train.py", "--config", "configs/tiny_coder.py:runlocal",
            f"--config.workdir={tmp_path}", f"--config.tokenizer.path={tok_dir}", "--config.train.steps=100000",
-           "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000",
-           "--config.optimizer.total_steps=100000"]
+           "--config.train.checkpoint_every=100000", "--config.train.eval_every=100000"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    # the progress bar (created inside the signal handlers' scope) reports a finished training step
+    done = re.compile(r"\b([1-9][0-9]*)/100000\b")
     deadline = time.time() + 240
-    while time.time() < deadline and not list((tmp_path / "tb").glob("*")) if (tmp_path / "tb").exists() else True:
-        time.sleep(0.5)
-        if time.time() > deadline or proc.poll() is not None:
-            break
-    time.sleep(5)                                       # well into training
+    while time.time() < deadline and proc.poll() is None and not done.search("".join(chunks)):
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    out = "".join(chunks)
     assert proc.returncode == 0, out[-2000:]
     assert "stopped by SIGTERM" in out
     steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
     assert steps and steps[0] > 0
     c = _config(tmp_path, tok_dir, steps=steps[0] + 1, checkpoint_every=100000, eval_every=100000)
-    c.optimizer.total_steps = 100000
     resumed = train(c, progress=False)
     assert resumed["history"][0]["step"] == steps[0] + 1
 

@@ -82,26 +82,35 @@ def test_optimizer_state_is_about_twice_the_trainable_bytes():
     assert tree_bytes(opt.init(trainable)) < tree_bytes(frozen)
 
 
+SHARDED_OBJ = ObjectiveConfig(ar_weight=0.5, diffusion_weight=1.0, length_weight=0.3, sft=True, vocab_chunk=96)
+SHARDED_MODEL = dict(seed=4, num_hidden_layers=1)   # one MoE layer: sharding does not depend on depth
+
+
+def _sharded_grads_of(model, batch, key):
+    g, frozen, trainable = st.split(model)
+    f = jax.jit(jax.value_and_grad(lambda t, fr, b, k: loss_fn(t, fr, g, b, k, 0, SHARDED_OBJ, False)[0]))
+    return f(trainable, frozen, batch, key)
+
+
+@pytest.fixture(scope="module")
+def single_device_grads():
+    """The single-device loss and gradients every layout is compared with (computed once)."""
+    batch, key = _batch(b=8), jax.random.key(7)
+    m1 = _model(**SHARDED_MODEL)
+    _randomize_b(m1)
+    return batch, key, _sharded_grads_of(m1, batch, key)
+
+
 @pytest.mark.parametrize("layout", [{"data": 2, "fsdp": 2, "expert": 2}, {"fsdp": 2, "tensor": 2, "expert": 2}],
                          ids=["data2xfsdp2xexpert2", "fsdp2xtensor2xexpert2"])
-def test_sharded_loss_and_grads_equal_single_device(layout):
-    obj = ObjectiveConfig(ar_weight=0.5, diffusion_weight=1.0, length_weight=0.3, sft=True, vocab_chunk=96)
-    batch, key = _batch(b=8), jax.random.key(7)
-
-    def grads_of(model):
-        g, frozen, trainable = st.split(model)
-        f = jax.jit(jax.value_and_grad(lambda t, fr, b, k: loss_fn(t, fr, g, b, k, 0, obj, False)[0]))
-        return f(trainable, frozen, batch, key)
-
-    m1 = _model(seed=4)
-    _randomize_b(m1)
-    loss1, grads1 = grads_of(m1)
+def test_sharded_loss_and_grads_equal_single_device(layout, single_device_grads):
+    batch, key, (loss1, grads1) = single_device_grads
     mesh = make_mesh(layout)
-    m2 = _model(seed=4)
+    m2 = _model(**SHARDED_MODEL)
     _randomize_b(m2)
     with use_mesh(mesh):
         place(m2, mesh)
-        loss2, grads2 = grads_of(m2)
+        loss2, grads2 = _sharded_grads_of(m2, batch, key)
     np.testing.assert_allclose(float(loss2), float(loss1), rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5), grads2, grads1)
 
