@@ -48,10 +48,11 @@ def trained_tiny_coder(tmp_path_factory):
     return str(workdir / "pretrain"), out.stdout
 
 
+@pytest.hookimpl(tryfirst=True)   # before xdist's own hook, which reads the group marks
 def pytest_collection_modifyitems(config, items):
     """The pre-trained model's tests first (stable order otherwise): the longest piece of the suite
     starts at once, and under `pytest -n 2 --dist loadgroup` the other worker takes the rest."""
     uses = [item for item in items if "trained_tiny_coder" in getattr(item, "fixturenames", ())]
     for item in uses:
-        item.add_marker(pytest.mark.xdist_group(TRAINED_GROUP))   # read by xdist's own (trylast) hook
+        item.add_marker(pytest.mark.xdist_group(TRAINED_GROUP))
     items[:] = uses + [item for item in items if item not in uses]
