@@ -25,8 +25,9 @@ python -m pip install -q -e ".[test]"
 lint-imports
 set +e
 # Two workers (one per core of the 2-core CI machine): much of the suite is single-threaded XLA
-# compilation. loadgroup keeps the pre-trained model's tests on one worker (tests/conftest.py).
-python -m pytest -q -p no:cacheprovider -n "${JAXDIFF_TEST_WORKERS:-2}" --dist loadgroup --durations=25 "$@"
+# compilation. loadscope sends whole modules to a worker (module fixtures are built once); the pre-trained
+# model's module goes first (tests/conftest.py).
+python -m pytest -q -p no:cacheprovider -n "${JAXDIFF_TEST_WORKERS:-2}" --dist loadscope --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
