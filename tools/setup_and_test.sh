@@ -26,8 +26,8 @@ lint-imports
 set +e
 # Two workers (one per core of the 2-core CI machine): much of the suite is single-threaded XLA
 # compilation. loadscope sends whole modules to a worker (module fixtures are built once); the pre-trained
-# model's module goes first (tests/conftest.py).
-python -m pytest -q -p no:cacheprovider -n "${JAXDIFF_TEST_WORKERS:-2}" --dist loadscope --durations=25 "$@"
+# model's module goes first (tests/conftest.py; no reordering by test count).
+python -m pytest -q -p no:cacheprovider -n "${JAXDIFF_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
