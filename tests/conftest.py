@@ -26,8 +26,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST = "tests/test_pretrained.py"   # the main job's pre-training, the suite's longest piece
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """tests/test_pretrained.py first (stable order otherwise): its pre-training starts at once, and
-    under `pytest -n 2 --dist loadscope` (whole modules per worker) the other worker takes the rest."""
+    """tests/test_pretrained.py first (stable order otherwise): the suite's longest piece fails or
+    passes first. (Two pytest-xdist workers were tried on 2026-11-30: the pre-training, sharing the
+    2 cores with the other worker's multi-threaded XLA runs and subprocesses, took over 40 minutes,
+    longer than the whole serial suite spends on it.)"""
     items.sort(key=lambda item: item.nodeid.split("::")[0] != FIRST)

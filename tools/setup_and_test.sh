@@ -24,10 +24,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
 lint-imports
 set +e
-# Two workers (one per core of the 2-core CI machine): much of the suite is single-threaded XLA
-# compilation. loadscope sends whole modules to a worker (module fixtures are built once); the pre-trained
-# model's module goes first (tests/conftest.py; no reordering by test count).
-python -m pytest -q -p no:cacheprovider -n "${JAXDIFF_TEST_WORKERS:-2}" --dist loadscope --no-loadscope-reorder --durations=25 "$@"
+python -m pytest -q -p no:cacheprovider --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi
