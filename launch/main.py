@@ -192,12 +192,12 @@ def write_record(p: dict, stage: str, rec: dict) -> None:
 
 # ----------------------------------------------------------------------------- the stages
 def _train(p, stage, rec):
-    from jaxdiff.train.loop import sample_text, summary_line, train
+    from jaxdiff.train.loop import summary_line, train
 
     out = train(p["configs"][stage], progress=True)
     rec.update(step=out["step"], eval={k: round(v, 4) for k, v in out["eval"].items()})
     if not out["stopped"]:
-        print(f"[{stage}] {summary_line(out)}\n[{stage}] diffusion sample:\n{sample_text(out['run'])}", flush=True)
+        print(f"[{stage}] {summary_line(out)}\n[{stage}] diffusion sample:\n{out['sample']}", flush=True)
     return out["stopped"]
 
 

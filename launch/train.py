@@ -33,7 +33,7 @@ def main(argv):
     import jax
 
     from jaxdiff.config import ConfigValueError
-    from jaxdiff.train.loop import sample_text, summary_line, train
+    from jaxdiff.train.loop import summary_line, train
 
     try:
         out = train(c, progress=jax.process_index() == 0)
@@ -46,9 +46,7 @@ def main(argv):
         return
     if lead:
         print(summary_line(out))
-    sample = sample_text(out["run"])   # every process takes part in the sharded sampling
-    if lead:
-        print("diffusion sample:\n" + sample)
+        print("diffusion sample:\n" + out["sample"])
 
 
 if __name__ == "__main__":

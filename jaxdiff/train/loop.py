@@ -264,7 +264,7 @@ def train(c, *, progress: bool = True) -> dict:
     tokens_per_step = c.data.batch_size * c.data.seq_len
     flops_tok = _flops_per_token(run)
     base_key = jax.random.key(c.seed)
-    history, final, stopped = [], {}, None
+    history, final, stopped, text = [], {}, None, None
     last_t, last_step = time.perf_counter(), run.step
     with _Stop() as stop, use_mesh(run.mesh), tqdm(total=c.train.steps, initial=run.step, disable=not progress,
                                                    desc="train", dynamic_ncols=True) as bar:
@@ -308,6 +308,8 @@ def train(c, *, progress: bool = True) -> dict:
     if not final and not stopped:   # resumed at the last step: nothing ran, still report
         with use_mesh(run.mesh):
             final = evaluate(run)
+            text = sample_text(run)
     if writer:
         writer.close()
-    return {"step": run.step, "eval": final, "history": history, "stopped": stopped, "run": run}
+    # "sample": the diffusion sample of the last evaluation (None when stopped before one)
+    return {"step": run.step, "eval": final, "sample": text, "history": history, "stopped": stopped, "run": run}
