@@ -1,7 +1,8 @@
 """Adapters end to end, the path a new user takes: a small HF checkpoint with its tokenizer is
 converted, the three LoRA heads (ar, diffusion, length) train on SFT data over the frozen base
 (configs/qwen3_0_6b.py with small sizes), the loop evaluates and samples, the run resumes, and the
-workdir samples with each head. Asserts each head's training loss falls and the frozen base is
+workdir samples with each head (the resume and the sampling CLI on the MoE base only: that
+code does not depend on the kind). Asserts each head's training loss falls and the frozen base is
 bit-identical to the converted checkpoint after training."""
 import json
 import os
@@ -67,6 +68,8 @@ def test_heads_train_on_a_frozen_base_evaluate_sample_and_resume(newcomer, kind,
     acc = EventAccumulator(str(workdir / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
     assert [e.step for e in acc.Tensors("sample/text_summary")] == [6, 12]
+    if kind == "dense":
+        return   # resuming and the sampling CLI do not depend on the kind: the MoE base runs them
     # resume to step 16 as a user does, from the command line
     args = [f"--config.{k}={v}" for k, v in {**OVERRIDES, "train.steps": 16, "model.checkpoint": newcomer[kind],
                                               "data.path": newcomer["sft"], "workdir": str(workdir)}.items()]
