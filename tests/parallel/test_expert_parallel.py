@@ -126,20 +126,22 @@ def test_forward_is_dropless_unless_the_training_loss_asks_for_capacity():
     """Default options carry a capacity factor: a plain forward (sampling, eval, RL) on 8 devices
     still equals one device exactly; only `moe_capacity=True` (the train loss) drops and counts."""
     tokens = jnp.asarray(np.random.RandomState(2).randint(0, 250, (8, 16)))
-    single = build_model(tiny.moe(num_experts=8), seed=4)
-    ref = single.forward(tokens, attention="bidirectional")
+    ref = tiny.jitted(build_model(tiny.moe(num_experts=8), seed=4))(tokens, attention="bidirectional")
     mesh = make_mesh({"expert": 8})
     m = build_model(tiny.moe(num_experts=8), seed=4, options=ModelOptions(mesh=mesh, moe_capacity_factor=0.5))
     with use_mesh(mesh):
         place(m, mesh)
         graphdef, state = nnx.split(m)
-        fwd = jax.jit(lambda state, t, capacity: nnx.merge(graphdef, state).forward(
-            t, attention="bidirectional", moe_capacity=capacity), static_argnums=2)
-        plain, capped = fwd(state, tokens, False), fwd(state, tokens, True)
-    np.testing.assert_allclose(np.asarray(plain.logits), np.asarray(ref.logits), atol=1e-5)
-    assert int(plain.moe_dropped) == 0
-    assert int(capped.moe_dropped) > 0
-    assert not np.allclose(np.asarray(capped.logits), np.asarray(ref.logits), atol=1e-3)
+        def fwd(state, t, capacity):
+            out = nnx.merge(graphdef, state).forward(t, attention="bidirectional", moe_capacity=capacity)
+            return out.logits, out.moe_dropped
+
+        fwd = jax.jit(fwd, static_argnums=2)
+        (plain, n_plain), (capped, n_capped) = fwd(state, tokens, False), fwd(state, tokens, True)
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(ref), atol=1e-5)
+    assert int(n_plain) == 0
+    assert int(n_capped) > 0
+    assert not np.allclose(np.asarray(capped), np.asarray(ref), atol=1e-3)
 
 
 def test_all_to_all_needs_an_expert_axis():
