@@ -29,7 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
         remat=False,
         remat_policy="full",      # with remat: full (recompute everything) | dots (keep matmul outputs)
         moe_dispatch="auto",      # auto | gspmd | all_to_all (expert parallelism over mesh.expert)
-        moe_capacity_factor=0.0)) # all_to_all: slots per expert = cf * tokens * k / E; 0 = dropless
+        moe_capacity_factor=1.25))  # all_to_all in the training loss only: slots per expert per device
+                                    # = cf * tokens * k / E (Switch's 1.25); 0 = dropless; sampling/eval/RL never drop
     c.tokenizer = ml_collections.ConfigDict(dict(
         path="",                  # "" = the checkpoint folder's tokenizer, or train a BPE (from scratch)
         vocab_size=4096,          # for a trained BPE

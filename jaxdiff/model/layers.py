@@ -9,7 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
+from flax import nnx, struct
 
 from jaxdiff.model import lora
 from jaxdiff.model.lora import ActiveHead, Adapted
@@ -30,6 +30,31 @@ def dequantize_blocks(w: jax.Array, scale_inv: jax.Array, block: tuple[int, int]
     o, i = w.shape[-2:]
     s = jnp.repeat(jnp.repeat(scale_inv.astype(jnp.float32), bo, axis=-2)[..., :o, :], bi, axis=-1)[..., :i]
     return (w.astype(jnp.float32) * s).astype(dtype)
+
+
+@struct.dataclass
+class BlockFp8:
+    """Block-FP8 weights as stored, not dequantized: e4m3 w [..., O, I] and its per-block scales
+    scale_inv [..., ceil(O/bo), ceil(I/bi)]. The grouped expert matmuls take the experts they need
+    from it and dequantize only those (`take`), so no full-precision copy of every expert exists."""
+
+    w: jax.Array
+    scale_inv: jax.Array
+    block: tuple[int, int] = struct.field(pytree_node=False)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.w.shape
+
+    def take(self, idx: jax.Array, dtype) -> jax.Array:
+        """Experts idx (leading axis) dequantized to dtype: [*idx.shape, O, I]. The gather moves the
+        e4m3 bytes as uint8: a backend without FP8 arithmetic (XLA:CPU) otherwise widens the whole
+        FP8 stack before the gather, and hoists that full copy out of the kernel's loop."""
+        w = jax.lax.bitcast_convert_type(jax.lax.bitcast_convert_type(self.w, jnp.uint8)[idx], self.w.dtype)
+        return dequantize_blocks(w, self.scale_inv[idx], self.block, dtype)
+
+    def dequantize(self, dtype) -> jax.Array:
+        return dequantize_blocks(self.w, self.scale_inv, self.block, dtype)
 
 
 class Linear(nnx.Module, Adapted):
@@ -74,11 +99,12 @@ class ExpertLinear(nnx.Module, Adapted):
             nb = (num_experts, math.ceil(out_features / fp8_block[0]), math.ceil(in_features / fp8_block[1]))
             self.weight_scale_inv = param(jnp.ones(nb, jnp.float32), (ax.EXPERTS, ax.SCALE_BLOCKS, ax.SCALE_BLOCKS))
 
-    def kernel(self, dtype) -> jax.Array:
-        """The base weights [E, F, D] in `dtype` (FP8 dequantized); adapters are never merged in."""
+    def stacked(self) -> "jax.Array | BlockFp8":
+        """The base weights [E, F, D] as stored: a plain array, or BlockFp8 (e4m3 with its scales),
+        which the grouped matmuls dequantize a few experts at a time. Adapters are never merged in."""
         if self.fp8_block is None:
-            return self.weight[...].astype(dtype)
-        return dequantize_blocks(self.weight[...], self.weight_scale_inv[...], self.fp8_block, dtype)
+            return self.weight[...]
+        return BlockFp8(self.weight[...], self.weight_scale_inv[...], self.fp8_block)
 
 
 class RMSNorm(nnx.Module):

@@ -16,6 +16,10 @@ from jaxdiff.config.schema import ATTENTION_IMPLS, MOE_DISPATCH, REMAT_POLICIES
 #   axes, else grouped on this device; "gspmd": grouped, experts sharded by GSPMD's own choices;
 #   "all_to_all": expert parallelism by all-to-all in shard_map (model/expert_parallel.py).
 GROUPED_IMPLS = ("ragged", "tiled")
+# The training loss's all-to-all capacity factor: Switch Transformer's (Fedus et al. 2021 train at
+# 1.0-1.25 and evaluate at 2.0; GShard's top-2 capacity 2T/E is 1.0 per assignment; MaxText defaults
+# to dropless and drops only when given a factor). Sampling, evaluation and RL never drop.
+DEFAULT_CAPACITY_FACTOR = 1.25
 
 
 def default_grouped_impl() -> str:
@@ -28,15 +32,17 @@ class ModelOptions:
     """attention_impl: reference | chunked | fused (attention.py); attention_chunk: query rows per
     chunk; remat: activation checkpointing per decoder layer, remat_policy full (recompute all) |
     dots (keep matmul outputs); moe_dispatch: see MOE_DISPATCH; moe_capacity_factor: all_to_all
-    slots per expert = cf * tokens * k / E (None = dropless); moe_grouped_impl: ragged | tiled
-    (None = the backend's default); mesh: the device mesh expert parallelism dispatches over."""
+    slots per expert per device = cf * tokens * k / E in the forward passes that ask for it
+    (`forward(..., moe_capacity=True)`: the training loss only), overflow dropped and counted; None =
+    dropless there too; every other forward is dropless whatever it says; moe_grouped_impl: ragged |
+    tiled (None = the backend's default); mesh: the device mesh expert parallelism dispatches over."""
 
     attention_impl: str = "chunked"
     attention_chunk: int = 512
     remat: bool = False
     remat_policy: str = "full"
     moe_dispatch: str = "auto"
-    moe_capacity_factor: float | None = None
+    moe_capacity_factor: float | None = DEFAULT_CAPACITY_FACTOR
     moe_grouped_impl: str | None = None
     mesh: jax.sharding.Mesh | None = None
 
@@ -47,6 +53,8 @@ class ModelOptions:
                 raise ValueError(f"ModelOptions.{name}={getattr(self, name)!r}; choose from {allowed}")
         if self.moe_grouped_impl not in (None, *GROUPED_IMPLS):
             raise ValueError(f"ModelOptions.moe_grouped_impl={self.moe_grouped_impl!r}; choose from {GROUPED_IMPLS}")
+        if self.moe_capacity_factor is not None and not self.moe_capacity_factor > 0:
+            raise ValueError(f"ModelOptions.moe_capacity_factor={self.moe_capacity_factor}: must be > 0 (None = dropless)")
         if self.moe_dispatch == "all_to_all" and (self.mesh is None or self.mesh.shape["expert"] <= 1):
             raise ValueError("ModelOptions.moe_dispatch='all_to_all' needs a mesh with expert > 1")
 

@@ -73,13 +73,13 @@ class DecoderLayer(nnx.Module):
         else:
             self.mlp = MLP(cfg, f"{prefix}.mlp", dtype=dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, vis, *, bias, past_kv, active: ActiveHead):
+    def __call__(self, x, cos, sin, vis, *, bias, past_kv, active: ActiveHead, moe_capacity: bool = False):
         h, kv = self.self_attn(self.input_layernorm(x), cos, sin, vis, bias=bias, past_kv=past_kv, active=active)
         x = x + h
         router = None
         y = self.post_attention_layernorm(x)
         if self.is_moe:
-            y, logits, dropped = self.mlp(y, active)
+            y, logits, dropped = self.mlp(y, active, moe_capacity)
             router = (logits, dropped)
         else:
             y = self.mlp(y, active)
@@ -170,7 +170,8 @@ class Qwen3(nnx.Module):
     def _forward(self, tokens: jax.Array, *, active: ActiveHead, attention: str = "causal",
                  block_size: int | None = None, prompt_lengths: jax.Array | None = None,
                  padding_mask: jax.Array | None = None, bias: jax.Array | None = None,
-                 cache: KVCache | None = None, commit: bool = False, logits: bool = True) -> "ForwardOutput":
+                 cache: KVCache | None = None, commit: bool = False, logits: bool = True,
+                 moe_capacity: bool = False) -> "ForwardOutput":
         """
 
         attention: "causal" | "bidirectional" | "block" (block needs block_size; without a cache the
@@ -182,6 +183,9 @@ class Qwen3(nnx.Module):
         padding_mask [B, L]: True for real tokens (left padding expected); positions skip padding.
           block_diffusion: [B, 2L], each copy's padding (the same for both).
         bias [B, 1, L, S]: additive attention bias, S = cached slots + L.
+        moe_capacity: bound expert-parallel dispatch by options.moe_capacity_factor, dropping (and
+          counting in moe_dropped) the overflow. Only the training loss's forward sets it: which
+          tokens drop depends on the rest of the batch, so everything else stays dropless.
         """
         if attention not in MODES:
             raise ValueError(f"attention={attention!r}; choose from {MODES}")
@@ -211,7 +215,7 @@ class Qwen3(nnx.Module):
             past = None if cache is None else cache.layer(i)
 
             def run(layer, x, cos, sin, vis, bias, past, active):
-                return layer(x, cos, sin, vis, bias=bias, past_kv=past, active=active)
+                return layer(x, cos, sin, vis, bias=bias, past_kv=past, active=active, moe_capacity=moe_capacity)
 
             if self.options.remat:
                 # jax.checkpoint over the layer's state, not nnx.remat: nnx.remat writes the state

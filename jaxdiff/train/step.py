@@ -12,6 +12,9 @@ there is no prompt). Per head (weights from the objective config; a zero weight 
   length     bidirectional pass over the prompt with the length adapters, mean-pool, CE on the
              answer-length bucket
 A step whose loss or gradient is not finite is skipped: parameters and optimizer state stay.
+Every pass here is a training-loss forward, so it runs with `moe_capacity=True`: an expert-parallel
+MoE dispatch is capacity-bounded and logs the share it dropped (moe/dropped_frac, and
+ar/ / length/moe_dropped_frac for those passes); sampling, evaluation and RL stay dropless.
 """
 from __future__ import annotations
 
@@ -98,7 +101,8 @@ def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=No
         stage2 = corrupt.stage_for_step(step, obj.stage2_step) == 2
         noisy, edited = jnp.where(stage2, noisy_e, noisy), edited_e & stage2
     out = model.forward(noisy, lora="diffusion", lora_dropout_key=dropout_key, attention=obj.attention,
-                        block_size=obj.block_size, prompt_lengths=plen, padding_mask=valid, logits=False)
+                        block_size=obj.block_size, prompt_lengths=plen, padding_mask=valid, logits=False,
+                        moe_capacity=True)
     stats = _stats(model, out.hidden, tokens, obj.vocab_chunk, "diffusion", dropout_key)
     p_tok = jnp.broadcast_to(p[:, None], (b, l))
     dp_tok = jnp.broadcast_to(obj.schedule.mask_prob_derivative(t)[:, None], (b, l))
@@ -165,7 +169,7 @@ def block_diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_
     both = jnp.concatenate([valid, valid], axis=1)
     out = model.forward(jnp.concatenate([tokens, noisy], axis=1), lora="diffusion", lora_dropout_key=dropout_key,
                         attention="block_diffusion", block_size=obj.block_size, prompt_lengths=plen,
-                        padding_mask=both, logits=False)
+                        padding_mask=both, logits=False, moe_capacity=True)
     stats = _stats(model, out.hidden[:, l:], tokens, obj.vocab_chunk, "diffusion", dropout_key)
     p = clamp_mask_prob(obj.schedule.mask_prob(t), obj.min_masking_rate)
     loss = losses.block_diffusion_loss(stats, masked, p, maskable, kind=obj.loss,
@@ -184,23 +188,29 @@ def _router_terms(model, out, valid, obj: ObjectiveConfig, metrics: dict):
     aux = moe_lib.load_balancing_loss(out.router_logits, cfg.num_experts_per_tok, valid)
     z = moe_lib.router_z_loss(out.router_logits, valid)
     metrics.update({"moe/aux_loss": aux, "moe/z_loss": z})
-    if out.moe_dropped is not None:   # all-to-all dispatch with a capacity factor drops overflow
-        slots = sum(r.shape[0] for r in out.router_logits) * cfg.num_experts_per_tok
-        metrics["moe/dropped_frac"] = out.moe_dropped / slots
+    _log_dropped(model, out, metrics, "moe/dropped_frac")
     coef = cfg.router_aux_loss_coef if obj.router_aux_coef is None else obj.router_aux_coef
     return coef * aux + obj.router_z_coef * z
+
+
+def _log_dropped(model, out, metrics: dict, name: str):
+    """The share of token-expert assignments a pass dropped (the all-to-all dispatch's capacity)."""
+    if out.moe_dropped is not None:
+        slots = sum(r.shape[0] for r in out.router_logits) * model.config.num_experts_per_tok
+        metrics[name] = out.moe_dropped / slots
 
 
 def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
     tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
     out = model.forward(tokens, lora="ar", lora_dropout_key=dropout_key, attention="causal",
-                        padding_mask=valid, logits=False)
+                        padding_mask=valid, logits=False, moe_capacity=True)
     stats = _stats(model, out.hidden[:, :-1], tokens[:, 1:], obj.vocab_chunk, "ar", dropout_key)
     pos = jnp.arange(1, tokens.shape[1])[None]
     target_mask = valid[:, 1:] & valid[:, :-1] & (pos >= plen[:, None])
     loss = jnp.sum(jnp.where(target_mask, stats.nll, 0.0)) / jnp.maximum(jnp.sum(target_mask), 1)
     metrics = {"ar/loss": loss, "ar/acc": losses.masked_accuracy(stats, target_mask)}
     if obj.diffusion_weight:   # the diffusion pass already weighs (and logs) the router losses
+        _log_dropped(model, out, metrics, "ar/moe_dropped_frac")
         return loss, metrics
     return loss + _router_terms(model, out, valid, obj, metrics), metrics
 
@@ -223,12 +233,14 @@ def length_head(model, batch, dropout_key=None):
     pos = jnp.arange(tokens.shape[1])[None]
     prompt = valid & (pos < plen[:, None])
     out = model.forward(tokens, lora="length", lora_dropout_key=dropout_key, attention="bidirectional",
-                        padding_mask=prompt, logits=False)
+                        padding_mask=prompt, logits=False, moe_capacity=True)
     logits = model.length_head(out.hidden, prompt)
     target = model.length_head.bucket(answer_lengths(tokens, valid, plen, model.config.eos_token_id))
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), target[:, None], axis=1)[:, 0]
     loss = jnp.mean(nll)
-    return loss, {"length/loss": loss, "length/acc": jnp.mean(jnp.argmax(logits, -1) == target)}
+    metrics = {"length/loss": loss, "length/acc": jnp.mean(jnp.argmax(logits, -1) == target)}
+    _log_dropped(model, out, metrics, "length/moe_dropped_frac")
+    return loss, metrics
 
 
 def loss_fn(trainable, frozen, graphdef, batch, key, step, obj: ObjectiveConfig, full_training: bool):
