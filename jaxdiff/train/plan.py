@@ -247,7 +247,7 @@ def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int
             + n * h * b) / th + d * b       # attention output; o_proj output
     other = (2 * d * (4 + b)                # two RMSNorms: float32 copy + output
              + (n + k) * h * (4 + b + b) / th   # q/k norms and RoPE
-             + n * keys * b / th + keys     # softmax probabilities in the compute dtype; visibility mask
+             + n * keys * (4 + b + 1) / th  # softmax exp (float32), probabilities, visibility mask per head
              + 2 * d * b)                   # residual adds
     if cfg.layer_is_moe(layer) and dispatch:
         e, top = cfg.num_experts, cfg.num_experts_per_tok
@@ -294,10 +294,23 @@ def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
 VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 5, 5
 
 
+def vocab_loss_bytes(cfg: ModelConfig, tokens: float, n_loss: int, vocab_chunk: int, itemsize: int = 4,
+                     mesh=None, lora_rank: int = 0) -> tuple[float, float]:
+    """(saved for the backward, working set of one chunk) bytes of `n_loss` vocab-chunked token
+    losses over `tokens` tokens per device. A vocabulary that is not whole chunks pads the head
+    weight [V', D] (D over fsdp) and its adapter's B [V', r] (float32): copies the scan keeps."""
+    n_chunks = -(-cfg.vocab_size // vocab_chunk)
+    saved = n_loss * tokens * n_chunks * VOCAB_CARRIES * 4
+    if n_loss and n_chunks * vocab_chunk != cfg.vocab_size:
+        d, fsdp = cfg.hidden_size, 1 if mesh is None else mesh.shape["fsdp"]
+        saved += n_chunks * vocab_chunk * (d * itemsize / (fsdp if d % fsdp == 0 else 1) + n_loss * lora_rank * 4)
+    return saved, (n_loss > 0) * tokens * VOCAB_CHUNK_BUFFERS * vocab_chunk * 4
+
+
 def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat: str, heads: Mapping[str, bool],
                         mesh, fp8_device_bytes: int = 0, vocab_chunk: int = 8192,
                         block_diffusion: bool = False, moe_all_to_all: bool = False,
-                        capacity_factor: float | None = None) -> dict[str, int]:
+                        capacity_factor: float | None = None, head_rank: int = 0) -> dict[str, int]:
     """Estimated per-device bytes live at the peak of one train step, by term:
 
       saved residuals   what the forward passes keep for the backward. Every active head is one
@@ -359,8 +372,7 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
         gathered = (cfg.num_experts // mesh.shape["expert"]) * 3 * cfg.moe_intermediate_size * cfg.hidden_size * b
         gathered *= n_moe if remat == "none" else 1
     n_loss = sum(bool(heads.get(h)) for h in ("diffusion", "ar"))
-    n_chunks = -(-cfg.vocab_size // vocab_chunk)
-    vocab = n_loss * tokens * n_chunks * VOCAB_CARRIES * 4 + (n_loss > 0) * tokens * VOCAB_CHUNK_BUFFERS * vocab_chunk * 4
+    vocab = sum(vocab_loss_bytes(cfg, tokens, n_loss, vocab_chunk, b, mesh, head_rank))
     dequant = fp8_device_bytes * b / (1 if remat == "none" else cfg.num_hidden_layers)
     return {"activations: saved residuals": int(saved),
             "activations: backward working set": int(working),
@@ -378,7 +390,8 @@ def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, bloc
     float32 logits of one block, and one layer's dequantized FP8 weights."""
     b = jnp.dtype(dtype).itemsize
     rows = batch / _batch_shards(mesh, batch)
-    scores = cfg.num_attention_heads * length * (4 + b) / _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim) + length
+    # scores, exp (float32), probabilities and mask per head: what layer_bytes_per_token counts per key
+    scores = cfg.num_attention_heads * length * (4 + 4 + b + 1) / _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim)
     one_layer = max(sum(layer_bytes_per_token(cfg, i, length, b, mesh).values()) for i in range(cfg.num_hidden_layers))
     per_token = one_layer - scores + 2 * cfg.hidden_size * b
     return int(rows * (length * per_token + min(attention_chunk, length) * scores + block * cfg.vocab_size * 4)
@@ -518,7 +531,8 @@ def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: in
     acts = activation_estimate(mcfg, dtype, batch=batch, seq=seq, remat=remat, heads=heads, mesh=amesh,
                                fp8_device_bytes=fp8_bytes, vocab_chunk=int(c.objective.vocab_chunk),
                                block_diffusion=c.objective.kind == "block_diffusion", moe_all_to_all=all_to_all,
-                               capacity_factor=float(c.model.moe_capacity_factor) or None)
+                               capacity_factor=float(c.model.moe_capacity_factor) or None,
+                               head_rank=max(int(c.lora[h].rank) for h in ("diffusion", "ar")))
     length = prompt_length + gen_length
     sample_acts = sample_working_set(mcfg, dtype, batch=sample_batch, length=length,
                                      block=min(int(c.sample.block_length), gen_length), mesh=amesh,
