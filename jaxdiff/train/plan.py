@@ -15,7 +15,9 @@ train step at the 30B-A3B width (tests/train/test_plan_memory.py). Tokens stay s
 batch axes inside MoE layers; with the all-to-all dispatch (`model.moe_dispatch` auto / all_to_all
 with mesh.expert > 1) every MoE layer holds E x C x D send / receive buffers and E x C x F expert
 intermediates per device, C = `expert_parallel.capacity` of the device's tokens
-(`model.moe_capacity_factor`; 0 = dropless, C = the device's tokens).
+(`model.moe_capacity_factor`; 0 = dropless, C = the device's tokens). Not checked against a
+compiled peak: remat (XLA:CPU does not lower its peak for it) and bf16 (XLA:CPU copies bf16 dot
+operands to float32), so the slope check runs in float32 without remat.
 """
 from __future__ import annotations
 
@@ -391,7 +393,8 @@ def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, bloc
     b = jnp.dtype(dtype).itemsize
     rows = batch / _batch_shards(mesh, batch)
     # scores, exp (float32), probabilities and mask per head: what layer_bytes_per_token counts per key
-    scores = cfg.num_attention_heads * length * (4 + 4 + b + 1) / _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim)
+    n, th = cfg.num_attention_heads, _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim)
+    scores = n * length * (4 + 4 + b + 1) / th
     one_layer = max(sum(layer_bytes_per_token(cfg, i, length, b, mesh).values()) for i in range(cfg.num_hidden_layers))
     per_token = one_layer - scores + 2 * cfg.hidden_size * b
     return int(rows * (length * per_token + min(attention_chunk, length) * scores + block * cfg.vocab_size * 4)

@@ -232,7 +232,8 @@ def slice_config(mesh):
         c.model.moe_capacity_factor = mesh["capacity_factor"]
     c.objective.ar_weight, c.objective.length_weight = 0.0, 0.0
     c.objective.stage2_step = -1    # the edit corruption is no part of a layer; it only adds compile time
-    c.mesh.data, c.mesh.fsdp, c.mesh.expert, c.mesh.tensor = (mesh.get(a, 1) for a in ("data", "fsdp", "expert", "tensor"))
+    for a in ("data", "fsdp", "expert", "tensor"):
+        c.mesh[a] = mesh.get(a, 1)
     return c, qwen3_coder_30b_a3b.reference_hf_config()
 
 
