@@ -17,6 +17,7 @@ to generate (`block_diffusion_loss`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,8 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
                         temperature: float = 1.0) -> TokenStats:
     """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks. `lora`: the
     output head's adapter (A [r, D], B [V, r]), applied unmerged per chunk (lora.project).
-    temperature: the statistics of softmax(logits / temperature) (a sampling temperature)."""
+    temperature: the statistics of softmax(logits / temperature) (a sampling temperature).
+    Memory, forward and backward: O(N x chunk) float32 plus O(N x V / chunk) carries."""
     v, d = head_w.shape
     n_chunks = -(-v // chunk)
     pad = n_chunks * chunk - v
@@ -69,6 +71,10 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     h = hidden
     f32 = f32_matmul
 
+    # Rematerialised per chunk: the backward recomputes each chunk's logits from h and the chunk's
+    # weights, so reverse mode holds the five [N] carries per chunk and one [N, chunk] working set,
+    # never [N, V] (autodiff of the online log-sum-exp stays exact: the same ops, run again).
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
     def body(carry, xs):
         m, s, total, best, best_idx = carry
         wc, bc, c = xs

@@ -10,9 +10,15 @@ device are its shard shape under the NamedSharding the trainer would give it, ta
 
 Estimated parts: activations (see `activation_estimate`) follow the model shape, the remat policy
 and the batch sharding; tests hold them within a stated factor of XLA's own number for small
-configs. They assume tokens stay sharded over the batch axes inside MoE layers, as the all-to-all
-dispatch keeps them (`model.moe_dispatch` auto / all_to_all with mesh.expert > 1); the buffers of
-that dispatch are not modelled.
+configs, and CI holds their per-layer slope within 15% of XLA's buffer assignment of the real
+train step at the 30B-A3B width (tests/train/test_plan_memory.py). Tokens stay sharded over the
+batch axes inside MoE layers; with the all-to-all dispatch (`model.moe_dispatch` auto / all_to_all
+with mesh.expert > 1) every MoE layer holds E x C x D send / receive buffers and E x C x F expert
+intermediates per device, C = `expert_parallel.capacity` of the device's tokens
+(`model.moe_capacity_factor`; 0 = dropless: n x T x min(k, E / n) rows instead of E x C; that
+count is not checked against XLA, whose CPU tiled kernel adds per-tile weight copies). Not checked against a
+compiled peak: remat (XLA:CPU does not lower its peak for it) and bf16 (XLA:CPU copies bf16 dot
+operands to float32), so the slope check runs in float32 without remat.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ from jaxdiff import builder
 from jaxdiff.config import schema
 from jaxdiff.model import Qwen3
 from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.expert_parallel import capacity
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel.mesh import logical_to_spec
 from jaxdiff.train import config as cfg_lib
@@ -226,12 +233,16 @@ def _tensor_shards(mesh, dim: int) -> int:
     return t if t > 1 and dim % t == 0 else 1
 
 
-def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int, mesh) -> dict[str, float]:
+def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int, mesh,
+                          dispatch: bool = False) -> dict[str, float]:
     """Bytes one token's intermediates take in one decoder layer, by kind, as saved for the
     backward without remat: "input" (the layer input), "dots" (outputs of matmuls: what
     `dots_saveable` keeps), "other" (norms in float32, RoPE, softmax, SwiGLU, MoE gathers).
-    `keys` is how many keys a query attends over (attention scores are per token x key).
-    Head- and FFN-wide parts are divided by the tensor axis when it divides them."""
+    `keys` is how many keys a query attends over (attention scores are per token x key: the
+    chunked path's backward keeps every chunk's scores, so a layer keeps [B, N, L, S]).
+    Head- and FFN-wide parts are divided by the tensor axis when it divides them. `dispatch`:
+    MoE layers run the all-to-all dispatch, whose expert FFN works on capacity slots, not on
+    tokens (`dispatch_bytes`); only the router and the combine stay per token here."""
     d, n, k, h, b = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, itemsize
     th = _tensor_shards(mesh, n * h)
     dots = ((n + 2 * k) * h * b            # q, k, v projections
@@ -239,9 +250,13 @@ def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int
             + n * h * b) / th + d * b       # attention output; o_proj output
     other = (2 * d * (4 + b)                # two RMSNorms: float32 copy + output
              + (n + k) * h * (4 + b + b) / th   # q/k norms and RoPE
-             + n * keys * b / th + keys     # softmax probabilities in the compute dtype; visibility mask
+             + n * keys * (4 + b + 1) / th  # softmax exp (float32), probabilities, visibility mask per head
              + 2 * d * b)                   # residual adds
-    if cfg.layer_is_moe(layer):
+    if cfg.layer_is_moe(layer) and dispatch:
+        e, top = cfg.num_experts, cfg.num_experts_per_tok
+        dots += e * b                                   # router
+        other += e * 4 + (2 * top * d + d) * b          # probs; combined rows, weighted rows, output
+    elif cfg.layer_is_moe(layer):
         e, top, f = cfg.num_experts, cfg.num_experts_per_tok, cfg.moe_intermediate_size
         tf = _tensor_shards(mesh, f)
         dots += e * b + (2 * top * f / tf + top * d) * b           # router; gate/up; down per assignment
@@ -255,9 +270,56 @@ def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int
     return {"input": d * b, "dots": dots, "other": other}
 
 
+# The all-to-all dispatch per MoE layer and pass, in units of X = [E, C, D] and Y = [E, C, F/tensor]
+# in the compute dtype. Saved for the backward without remat: 1.5 X + 4 Y, fitted to XLA's buffer
+# assignment of the real train step at the 30B-A3B width (float32, CPU, 8 devices, expert=8): the
+# per-layer slope at dropless C = 512 and at capacity C = 40 gives 3.19 MB per slot, F = 768 against
+# F = 1536 gives 4.0 Y: gate, up, silu(gate) and their product; the expert output's return trip and
+# the combine's gather source. Working set of one layer's backward: the cotangents of one send /
+# receive pair and of the F-wide intermediates.
+DISPATCH_SAVED = (1.5, 4)
+DISPATCH_WORKING = (2, 3)
+
+
+def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
+                   capacity_factor: float | None) -> tuple[float, float]:
+    """(saved, working) bytes of one MoE layer's all-to-all dispatch for one pass over `tokens`
+    tokens per device, by its buffer rows: with a capacity factor E x C, C = `capacity(tokens, k,
+    E, capacity_factor)` slots per expert; dropless n x T x min(k, E / n) (each of the n source
+    devices' worst case, `expert_parallel._dropless`)."""
+    e, d, f, k = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts_per_tok
+    if capacity_factor is None:
+        n = mesh.shape["expert"]
+        rows = n * int(tokens) * min(k, e // n)
+    else:
+        rows = e * capacity(int(tokens), k, e, capacity_factor)
+    x, y = rows * d * itemsize, rows * f * itemsize / _tensor_shards(mesh, f)
+    return (DISPATCH_SAVED[0] * x + DISPATCH_SAVED[1] * y, DISPATCH_WORKING[0] * x + DISPATCH_WORKING[1] * y)
+
+
+# The rematerialised vocab-chunk scan (`losses.token_stats_chunked`): five [tokens] float32 carries
+# saved per chunk, and in the backward about five [tokens, chunk] float32 buffers of one chunk
+# (logits, exp, cotangents; 5.2 measured by XLA on CPU, independent of V).
+VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 5, 5
+
+
+def vocab_loss_bytes(cfg: ModelConfig, tokens: float, n_loss: int, vocab_chunk: int, itemsize: int = 4,
+                     mesh=None, lora_rank: int = 0) -> tuple[float, float]:
+    """(saved for the backward, working set of one chunk) bytes of `n_loss` vocab-chunked token
+    losses over `tokens` tokens per device. A vocabulary that is not whole chunks pads the head
+    weight [V', D] (D over fsdp) and its adapter's B [V', r] (float32): copies the scan keeps."""
+    n_chunks = -(-cfg.vocab_size // vocab_chunk)
+    saved = n_loss * tokens * n_chunks * VOCAB_CARRIES * 4
+    if n_loss and n_chunks * vocab_chunk != cfg.vocab_size:
+        d, fsdp = cfg.hidden_size, 1 if mesh is None else mesh.shape["fsdp"]
+        saved += n_chunks * vocab_chunk * (d * itemsize / (fsdp if d % fsdp == 0 else 1) + n_loss * lora_rank * 4)
+    return saved, (n_loss > 0) * tokens * VOCAB_CHUNK_BUFFERS * vocab_chunk * 4
+
+
 def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat: str, heads: Mapping[str, bool],
                         mesh, fp8_device_bytes: int = 0, vocab_chunk: int = 8192,
-                        block_diffusion: bool = False) -> dict[str, int]:
+                        block_diffusion: bool = False, moe_all_to_all: bool = False,
+                        capacity_factor: float | None = None, head_rank: int = 0) -> dict[str, int]:
     """Estimated per-device bytes live at the peak of one train step, by term:
 
       saved residuals   what the forward passes keep for the backward. Every active head is one
@@ -267,10 +329,17 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
                         "none" keeps every intermediate, "full" the layer input [B, L, D], "dots"
                         the input and the matmul outputs.
       backward working  one layer's cotangents, plus (with remat) its recomputed intermediates.
-      vocab loss        the loss scans the head weight in vocab chunks, but reverse mode keeps
-                        each chunk's softmax terms: per head with a token loss (diffusion, ar)
-                        2 x [tokens, V'] float32 and a [tokens, V'] mask (V' = V padded to whole
-                        chunks), plus one chunk's logits.
+      MoE dispatch      with the all-to-all dispatch (`moe_all_to_all`): per MoE layer and pass,
+                        `dispatch_bytes` (E x C x D buffers, E x C x F intermediates); saved by
+                        every layer without remat, one layer's (recomputed) with it, plus one
+                        layer's cotangents.
+      gathered experts  the dispatch takes each device's experts whole: with fsdp or data > 1 a
+                        copy of a layer's local experts, all-gathered, in the compute dtype; every
+                        layer's without remat, one layer's with it.
+      vocab loss        the loss scans the head weight in vocab chunks, each chunk rematerialised in
+                        the backward: per head with a token loss (diffusion, ar) five [tokens]
+                        float32 carries per chunk, plus one chunk's [tokens, chunk] float32 working
+                        set (about five buffers).
       dequantized FP8   an FP8 base is dequantized to the compute dtype inside each matmul; the
                         matmul's backward needs that copy: every layer's without remat, one
                         layer's with it.
@@ -284,7 +353,8 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
 
     def per_token(keys: int) -> tuple[float, float]:
         """(saved, backward working) bytes per token of a pass whose queries see `keys` keys."""
-        per_layer = [layer_bytes_per_token(cfg, i, keys, b, mesh) for i in range(cfg.num_hidden_layers)]
+        per_layer = [layer_bytes_per_token(cfg, i, keys, b, mesh, moe_all_to_all)
+                     for i in range(cfg.num_hidden_layers)]
         one_layer = max(sum(t.values()) for t in per_layer)
         if remat == "none":
             return sum(sum(t.values()) for t in per_layer), one_layer
@@ -297,12 +367,27 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
     widths = [2 if h == "diffusion" and block_diffusion else 1 for h, on in heads.items() if on]  # x seq
     saved = sum(w * tokens * (per_token(w * seq)[0] + ends) for w in widths)
     working = max(w * tokens * per_token(w * seq)[1] for w in widths or [1])
+    n_moe = sum(cfg.layer_is_moe(i) for i in range(cfg.num_hidden_layers)) if moe_all_to_all else 0
+    d_saved = d_working = 0.0
+    for w in widths if n_moe else ():
+        keep, cot = dispatch_bytes(cfg, w * tokens, b, mesh, capacity_factor)
+        d_saved += n_moe * keep if remat == "none" else 0.0
+        d_working = max(d_working, cot + (keep if remat != "none" else 0.0))
+    # The dispatch's shard_map takes a device's experts whole (sharded on E only): weights sharded
+    # over fsdp / data too are all-gathered, in the compute dtype, and the backward keeps the copy
+    # (one per layer, shared by the passes: XLA merges the identical gathers).
+    gathered = 0.0
+    if n_moe and mesh.shape["data"] * mesh.shape["fsdp"] > 1:
+        gathered = (cfg.num_experts // mesh.shape["expert"]) * 3 * cfg.moe_intermediate_size * cfg.hidden_size * b
+        gathered *= n_moe if remat == "none" else 1
     n_loss = sum(bool(heads.get(h)) for h in ("diffusion", "ar"))
-    vocab = -(-cfg.vocab_size // vocab_chunk) * vocab_chunk / _tensor_shards(mesh, cfg.vocab_size)
+    vocab = sum(vocab_loss_bytes(cfg, tokens, n_loss, vocab_chunk, b, mesh, head_rank))
     dequant = fp8_device_bytes * b / (1 if remat == "none" else cfg.num_hidden_layers)
     return {"activations: saved residuals": int(saved),
             "activations: backward working set": int(working),
-            "activations: vocab loss": int(n_loss * tokens * (vocab * (2 * 4 + 1) + vocab_chunk * 4)),
+            "activations: MoE dispatch buffers": int(d_saved + d_working),
+            "activations: gathered expert weights": int(gathered),
+            "activations: vocab loss": int(vocab),
             "activations: dequantized FP8": int(dequant)}
 
 
@@ -314,7 +399,9 @@ def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, bloc
     float32 logits of one block, and one layer's dequantized FP8 weights."""
     b = jnp.dtype(dtype).itemsize
     rows = batch / _batch_shards(mesh, batch)
-    scores = cfg.num_attention_heads * length * (4 + b) / _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim) + length
+    # scores, exp (float32), probabilities and mask per head: what layer_bytes_per_token counts per key
+    n, th = cfg.num_attention_heads, _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim)
+    scores = n * length * (4 + 4 + b + 1) / th
     one_layer = max(sum(layer_bytes_per_token(cfg, i, length, b, mesh).values()) for i in range(cfg.num_hidden_layers))
     per_token = one_layer - scores + 2 * cfg.hidden_size * b
     return int(rows * (length * per_token + min(attention_chunk, length) * scores + block * cfg.vocab_size * 4)
@@ -450,9 +537,12 @@ def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: in
     frozen_l, trainable_l = state_leaves(frozen, amesh), state_leaves(trainable, amesh)
     fp8_bytes = total([x for x in frozen_l if x.dtype == np.dtype(jnp.float8_e4m3fn)])
     heads = active_heads(c)
+    all_to_all = mcfg.num_experts > 0 and sizes["expert"] > 1 and c.model.moe_dispatch != "gspmd"
     acts = activation_estimate(mcfg, dtype, batch=batch, seq=seq, remat=remat, heads=heads, mesh=amesh,
                                fp8_device_bytes=fp8_bytes, vocab_chunk=int(c.objective.vocab_chunk),
-                               block_diffusion=c.objective.kind == "block_diffusion")
+                               block_diffusion=c.objective.kind == "block_diffusion", moe_all_to_all=all_to_all,
+                               capacity_factor=float(c.model.moe_capacity_factor) or None,
+                               head_rank=max(int(c.lora[h].rank) for h in ("diffusion", "ar")))
     length = prompt_length + gen_length
     sample_acts = sample_working_set(mcfg, dtype, batch=sample_batch, length=length,
                                      block=min(int(c.sample.block_length), gen_length), mesh=amesh,
@@ -464,3 +554,33 @@ def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: in
         frozen=frozen_l, trainable=trainable_l, optimizer=tree_leaves(opt_state, o_sh),
         kv_cache=kv_cache_leaves(mcfg, sample_batch, length, dtype, amesh), activations=acts,
         sample_activations=sample_acts, device_memory=int(device_memory_gb * 1e9))
+
+
+# ----------------------------------------------------------------------------- XLA's own number
+def compiled_step_bytes(c, mcfg: ModelConfig, dtype, *, batch: int, seq: int, devices=None) -> dict[str, int]:
+    """XLA's buffer assignment of the real train step of config `c` on model `mcfg`, compiled (not
+    run: abstract arguments, no weights) for the mesh `c.mesh` over real devices (`devices`, None:
+    all): per-device argument / output / alias / temp bytes and their "total" (arguments + outputs
+    + temps - aliased, the donated trainable and optimizer state counted once). The yardstick the
+    planner's tests hold `plan_memory` to."""
+    from jaxdiff.parallel import make_mesh
+    from jaxdiff.parallel.mesh import use_mesh
+    from jaxdiff.train.step import jit_train_step, make_train_step
+
+    mesh = make_mesh(dict(c.mesh), devices)
+    abstract = builder.abstract_model_from_config(c, mcfg, dtype, options=builder.model_options(c, mesh))
+    with use_mesh(mesh):
+        graphdef, frozen, trainable = st.split(abstract, full_training=c.lora.full_training)
+        optimizer = build_optimizer(cfg_lib.optimizer(c), trainable)
+        shardings = step_shardings(mesh, frozen, trainable, optimizer)
+        step = jit_train_step(make_train_step(graphdef, optimizer, cfg_lib.objective(c),
+                                              full_training=c.lora.full_training), shardings=shardings)
+        spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)
+        batch_args = {"tokens": spec((batch, seq), jnp.int32), "valid": spec((batch, seq), jnp.bool_),
+                      "prompt_lengths": spec((batch,), jnp.int32)}
+        m = step.lower(frozen, trainable, jax.eval_shape(optimizer.init, trainable), batch_args,
+                       spec((2,), jnp.uint32), spec((), jnp.int32)).compile().memory_analysis()
+    out = {"argument": m.argument_size_in_bytes, "output": m.output_size_in_bytes,
+           "alias": m.alias_size_in_bytes, "temp": m.temp_size_in_bytes}
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
