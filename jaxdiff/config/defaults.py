@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
         checkpoint="",            # HF folder or converted checkpoint; "" = from scratch (model.init)
         dtype="float32",          # params/activations of a from-scratch model; "" keeps a checkpoint's own
         init=model_init(),
-        attention_impl="chunked", # reference | chunked | fused
+        attention_impl="auto",    # auto (by platform) | reference | chunked | fused | cudnn | splash
         remat=False,
         remat_policy="full",      # with remat: full (recompute everything) | dots (keep matmul outputs)
         moe_dispatch="auto",      # auto | gspmd | all_to_all (expert parallelism over mesh.expert)

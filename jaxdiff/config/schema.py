@@ -3,7 +3,7 @@ tuples, so a name exists in exactly one place) and validation with the dotted ke
 value. No JAX here."""
 from __future__ import annotations
 
-ATTENTION_IMPLS = ("reference", "chunked", "fused")
+ATTENTION_IMPLS = ("auto", "reference", "chunked", "fused", "cudnn", "splash")
 REMAT_POLICIES = ("full", "dots")
 MOE_DISPATCH = ("auto", "gspmd", "all_to_all")
 SCHEDULES = ("linear", "cosine", "power", "sigmoid")

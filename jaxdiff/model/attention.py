@@ -29,8 +29,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from jaxdiff.model import attention_backends as backends
 from jaxdiff.model import rope
 from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.flash import NEG as _NEG
+from jaxdiff.model.flash import allowed_mask, flash_attention
 from jaxdiff.model.layers import Linear, RMSNorm
 from jaxdiff.model.lora import ActiveHead
 from jaxdiff.model.options import ATTENTION_IMPLS as IMPLEMENTATIONS
@@ -38,39 +41,30 @@ from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel import shard
 
 MODES = ("causal", "bidirectional", "block", "block_diffusion")
-# IMPLEMENTATIONS:
+# IMPLEMENTATIONS (ModelOptions.attention_impl):
+# "auto":      by platform (`select_impl`): cuDNN flash attention on NVIDIA GPUs and the Pallas
+#              splash kernel on TPU for the calls they express, "chunked" for every other call.
 # "reference": plain einsum over the whole [Q, S] score matrix (the parity reference).
-# "chunked":   the same math one query chunk at a time (memory O(chunk * S)); the default.
+# "chunked":   flash-style tiles with a custom VJP (flash.py): memory O(L * chunk) forward and
+#              backward; every mode, every backend.
 # "fused":     jax.nn.dot_product_attention with the boolean mask (XLA's implementation; whether a
 #              backend picks a fused kernel for a given mask is the backend's choice).
-_NEG = float(jnp.finfo(jnp.float32).min)
-
-
-def allowed_mask(q_rank, k_rank, k_valid, q_noisy=None, k_noisy=None) -> jax.Array:
-    """The one visibility rule (module docstring) as a boolean [B, 1, Q, S], from per-token
-    descriptors: ranks q_rank [B, Q] / k_rank [B, S], k_valid [B, S], noisy flags [B, Q] / [B, S]
-    (None: every token clean). Built per query chunk by the chunked path."""
-    qr, kr = q_rank[:, None, :, None], k_rank[:, None, None, :]
-    valid = k_valid[:, None, None, :]
-    if q_noisy is None and k_noisy is None:
-        return valid & (kr <= qr)
-    qn = (jnp.zeros_like(q_rank, bool) if q_noisy is None else q_noisy)[:, None, :, None]
-    kn = (jnp.zeros_like(k_rank, bool) if k_noisy is None else k_noisy)[:, None, None, :]
-    clean_key = kr + qn.astype(kr.dtype) <= qr
-    noisy_key = qn & (kr == qr)
-    return valid & jnp.where(kn, noisy_key, clean_key)
+# "cudnn", "splash": that kernel; a call it cannot express raises instead of falling back.
 
 
 @struct.dataclass
 class Visibility:
     """Per-token attention structure: q_rank [B, Q], k_rank [B, S], k_valid [B, S]; q_noisy [B, Q]
-    and k_noisy [B, S] flag the noisy copy of a block-diffusion input (None: all clean)."""
+    and k_noisy [B, S] flag the noisy copy of a block-diffusion input (None: all clean). kind
+    (static): the mode whose rule the ranks encode ("cached" for a call over a KV cache; None:
+    unknown). Only "causal" / "bidirectional" calls may go to a backend kernel."""
 
     q_rank: jax.Array
     k_rank: jax.Array
     k_valid: jax.Array
     q_noisy: jax.Array | None = None
     k_noisy: jax.Array | None = None
+    kind: str | None = struct.field(pytree_node=False, default=None)
 
     def allowed(self, q_slice=slice(None)) -> jax.Array:
         """Boolean [B, 1, Q, S] (materialised only by the reference and fused paths)."""
@@ -89,48 +83,60 @@ def _scores_to_out(q, k, v, allowed, bias, scale):
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, bias: jax.Array | None = None,
-           impl: str = "chunked", chunk: int = 512) -> jax.Array:
-    """Attention of q [B, Q, N, H] over k, v [B, S, K, H]; returns [B, Q, N, H]."""
+           impl: str = "auto", chunk: int = 128, key_chunk: int = 512, platform: str | None = None) -> jax.Array:
+    """Attention of q [B, Q, N, H] over k, v [B, S, K, H]; returns [B, Q, N, H]. impl: see
+    IMPLEMENTATIONS ("auto" resolves for `platform`, default this process's backend); chunk /
+    key_chunk: query rows / keys per tile of the chunked path."""
     b, nq, n, h = q.shape
-    kv = k.shape[2]
-    scale = h ** -0.5
+    impl = select_impl(impl, platform=platform or backends.platform(), vis=vis, q=q, k=k, bias=bias)
     if impl == "fused":
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=vis.allowed(), scale=scale)
-    qg = q.reshape(b, nq, kv, n // kv, h)
-    if impl == "reference" or nq <= chunk:
-        out = _scores_to_out(qg, k, v, vis.allowed(), bias, scale)
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=vis.allowed(), scale=h ** -0.5)
+    if impl == "reference":
+        kv = k.shape[2]
+        out = _scores_to_out(q.reshape(b, nq, kv, n // kv, h), k, v, vis.allowed(), bias, h ** -0.5)
         return out.reshape(b, nq, n, h)
-    if impl != "chunked":
+
+    def chunked():
+        return flash_attention(q, k, v, vis.q_rank, vis.k_rank, vis.k_valid, vis.q_noisy, vis.k_noisy, bias,
+                               q_chunk=chunk, k_chunk=key_chunk)
+
+    if impl == "chunked":
+        return chunked()
+    kernel = backends.cudnn_attention if impl == "cudnn" else backends.splash_attention
+    # the kernels take key lengths (right padding); a row padded otherwise takes the chunked path
+    return jax.lax.cond(backends.prefix_padded(vis.k_valid), lambda: kernel(q, k, v, vis), chunked)
+
+
+def select_impl(impl: str, *, platform: str, vis: Visibility, q: jax.Array, k: jax.Array,
+                bias: jax.Array | None) -> str:
+    """The implementation one call runs: `impl` itself unless "auto"; "auto" is "cudnn" on CUDA
+    GPUs and "splash" on TPUs when that kernel expresses the call (`backends.unsupported`), else
+    "chunked". A forced "cudnn" / "splash" that cannot express the call raises, saying why."""
+    if impl not in IMPLEMENTATIONS:
         raise ValueError(f"attention impl {impl!r} unknown; choose from {IMPLEMENTATIONS}")
-    pad = (-nq) % chunk
-    n_chunks = (nq + pad) // chunk
-    qp = jnp.pad(qg, ((0, 0), (0, pad), (0, 0), (0, 0), (0, 0)))
-    rp = jnp.pad(vis.q_rank, ((0, 0), (0, pad)))
-    noisy_p = None if vis.q_noisy is None else jnp.pad(vis.q_noisy, ((0, 0), (0, pad)))
-    bp = None if bias is None else jnp.pad(jnp.broadcast_to(bias, (b, 1, nq, k.shape[1])),
-                                           ((0, 0), (0, 0), (0, pad), (0, 0)))
-
-    def one(i):
-        sl = lambda x, axis: jax.lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis)
-        q_noisy = None if noisy_p is None else sl(noisy_p, 1)
-        allowed = allowed_mask(sl(rp, 1), vis.k_rank, vis.k_valid, q_noisy, vis.k_noisy)
-        return _scores_to_out(sl(qp, 1), k, v, allowed, None if bp is None else sl(bp, 2), scale)
-
-    out = jax.lax.map(one, jnp.arange(n_chunks))  # [C, B, chunk, K, G, H]
-    out = jnp.moveaxis(out, 0, 1).reshape(b, n_chunks * chunk, n, h)
-    return out[:, :nq]
+    if impl in backends.KERNELS:
+        why = backends.unsupported(impl, vis.kind, q, k, bias)
+        if why:
+            raise ValueError(f"attention impl {impl!r} cannot run this call: {why}")
+        return impl
+    if impl != "auto":
+        return impl
+    kernel = backends.KERNEL_OF_PLATFORM.get(platform)
+    if kernel is not None and not backends.unsupported(kernel, vis.kind, q, k, bias):
+        return kernel
+    return "chunked"
 
 
 class Attention(nnx.Module):
     """Qwen3 self-attention: q/k/v/o projections, per-head RMSNorm on q and k, RoPE, GQA."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, impl: str = "chunked", chunk: int = 512,
-                 rngs: nnx.Rngs):
-        """fp8_block(name) -> block size or None for the projection `name`; impl / chunk: see
-        IMPLEMENTATIONS (ModelOptions.attention_impl / attention_chunk)."""
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, impl: str = "auto", chunk: int = 128,
+                 key_chunk: int = 512, rngs: nnx.Rngs):
+        """fp8_block(name) -> block size or None for the projection `name`; impl / chunk / key_chunk:
+        see `attend` (ModelOptions.attention_impl / attention_chunk / attention_key_chunk)."""
         d, n, kv, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = n, kv, h
-        self.impl, self.chunk = impl, chunk
+        self.impl, self.chunk, self.key_chunk = impl, chunk, key_chunk
         lin = lambda i, o, axes, name: Linear(i, o, axes=axes, dtype=dtype, fp8_block=fp8_block(name), rngs=rngs)
         self.q_proj = lin(d, n * h, (ax.Q_HEADS, ax.EMBED), "q_proj")
         self.k_proj = lin(d, kv * h, (ax.KV_HEADS, ax.EMBED), "k_proj")
@@ -154,5 +160,6 @@ class Attention(nnx.Module):
         if past_kv is not None:
             keys = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
-        out = attend(q, keys, values, vis, bias=bias, impl=self.impl, chunk=self.chunk)
+        out = attend(q, keys, values, vis, bias=bias, impl=self.impl, chunk=self.chunk,
+                     key_chunk=self.key_chunk)
         return self.o_proj(out.reshape(b, nq, self.num_heads * self.head_dim), active), (k, v)

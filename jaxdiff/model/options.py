@@ -29,16 +29,18 @@ def default_grouped_impl() -> str:
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """attention_impl: reference | chunked | fused (attention.py); attention_chunk: query rows per
-    chunk; remat: activation checkpointing per decoder layer, remat_policy full (recompute all) |
+    """attention_impl: auto | reference | chunked | fused | cudnn | splash (attention.py; auto: cuDNN
+    on CUDA GPUs and splash on TPUs for the calls they express, chunked otherwise); attention_chunk /
+    attention_key_chunk: query rows / keys per tile of the chunked path; remat: activation checkpointing per decoder layer, remat_policy full (recompute all) |
     dots (keep matmul outputs); moe_dispatch: see MOE_DISPATCH; moe_capacity_factor: all_to_all
     slots per expert per device = cf * tokens * k / E in the forward passes that ask for it
     (`forward(..., moe_capacity=True)`: the training loss only), overflow dropped and counted; None =
     dropless there too; every other forward is dropless whatever it says; moe_grouped_impl: ragged |
     tiled (None = the backend's default); mesh: the device mesh expert parallelism dispatches over."""
 
-    attention_impl: str = "chunked"
-    attention_chunk: int = 512
+    attention_impl: str = "auto"
+    attention_chunk: int = 128
+    attention_key_chunk: int = 512
     remat: bool = False
     remat_policy: str = "full"
     moe_dispatch: str = "auto"
@@ -51,6 +53,9 @@ class ModelOptions:
                               ("moe_dispatch", MOE_DISPATCH)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ModelOptions.{name}={getattr(self, name)!r}; choose from {allowed}")
+        if self.attention_chunk <= 0 or self.attention_key_chunk <= 0:
+            raise ValueError(f"ModelOptions.attention_chunk={self.attention_chunk}, attention_key_chunk="
+                             f"{self.attention_key_chunk}; both must be > 0")
         if self.moe_grouped_impl not in (None, *GROUPED_IMPLS):
             raise ValueError(f"ModelOptions.moe_grouped_impl={self.moe_grouped_impl!r}; choose from {GROUPED_IMPLS}")
         if self.moe_capacity_factor is not None and not self.moe_capacity_factor > 0:

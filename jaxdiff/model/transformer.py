@@ -66,7 +66,7 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, dtype=dtype)
         attn_blk = lambda n: cfg.fp8_block_size if _is_fp8(cfg, f"{prefix}.self_attn.{n}") else None
         self.self_attn = Attention(cfg, dtype=dtype, fp8_block=attn_blk, impl=options.attention_impl,
-                                   chunk=options.attention_chunk, rngs=rngs)
+                                   chunk=options.attention_chunk, key_chunk=options.attention_key_chunk, rngs=rngs)
         if self.is_moe:
             self.mlp = SparseMoeBlock(cfg, dtype=dtype, fp8=_is_fp8(cfg, f"{prefix}.mlp.experts"), options=options,
                                       rngs=rngs)
@@ -203,9 +203,10 @@ class Qwen3(nnx.Module):
         rank = visibility_ranks(attention, positions, block_size=block_size, prompt_lengths=prompt_lengths,
                                 cache=cache)
         if cache is None:
-            vis = Visibility(rank, rank, valid, noisy, noisy)
+            vis = Visibility(rank, rank, valid, noisy, noisy, kind=attention)
         else:
-            vis = Visibility(rank, jnp.concatenate([cache.rank, rank], 1), jnp.concatenate([cache.valid, valid], 1))
+            vis = Visibility(rank, jnp.concatenate([cache.rank, rank], 1), jnp.concatenate([cache.valid, valid], 1),
+                             kind="cached")
         x = self.model.embed_tokens(tokens, self.config.mask_token_id).astype(self.dtype)
         x = shard(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
         cos, sin = rope.cos_sin(positions, self.config.rope, self.config.head_dim, self.dtype)
