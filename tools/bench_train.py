@@ -2,6 +2,7 @@
 
     python tools/bench_train.py                 # ~50M-param Qwen3-MoE shape, seq 512, CPU
     python tools/bench_train.py --steps 5 --batch 2
+    python tools/bench_train.py --only jaxdiff --profile 2   # + per-op profile of 2 steps (jax.profiler)
     python tools/bench_train.py --mesh data=8 --mesh fsdp=2,expert=4 --mesh data=2,expert=2,tensor=2 --batch 8
         # jaxdiff only, one step time per mesh layout (8 fake CPU devices: for relative comparison only)
 
@@ -13,8 +14,11 @@ the ratios.
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -30,7 +34,66 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch: str = "auto") -> dict:
+# profile categories: the first pattern found in an op's name (named scopes, einsum specs) wins
+CATEGORIES = (("attention scores (attend)", r"attend|flash_attention|BQKGH|BKGQS"),
+              ("MoE experts (grouped matmul)", r"ZRD,ZFD|ZRF|ragged_dot"),
+              ("vocabulary loss (lm head)", r"token_stats|VD->\.\.\.V|ND,NFD"),
+              ("projections + LoRA", r"\.\.\.D,FD->\.\.\.F"))
+
+
+CONTAINERS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ", "while", "conditional", "call")
+
+
+def profile_steps(step, args, n: int, out_dir: str, top: int = 12) -> dict:
+    """Traces n calls of the jitted `step(*args)` with jax.profiler and sums each compiled op's
+    thread time, by category (CATEGORIES, else the op's primitive) and by op. Returns {"categories":
+    [(name, ms per step, share)], "ops": [(op, ms per step, shape, op name)], "total_ms"}."""
+    import jax
+
+    text = step.lower(*args).compile().as_text()
+    meta = {}
+    for line in text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = (\S+) .*?op_name=\"([^\"]*)\"", line)
+        if m:
+            meta[m.group(1)] = (m.group(2), m.group(3))
+    jax.profiler.start_trace(out_dir)
+    state = args
+    for _ in range(n):
+        out = step(*state)
+        state = (state[0], out[0], out[1], *state[3:])
+    jax.block_until_ready(out)
+    jax.profiler.stop_trace()
+    trace = sorted(glob.glob(f"{out_dir}/**/*.xplane.pb", recursive=True))[-1]
+    per_op = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(trace).planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_XLAEigen"):      # XLA:CPU's compute threads
+                continue
+            for ev in line.events:   # leaf ops only: loops and calls enclose their bodies' events
+                if not ev.name.startswith(CONTAINERS):
+                    per_op[ev.name] += ev.duration_ns / 1e6 / n
+    cats = collections.Counter()
+    for op, ms in per_op.items():
+        shape, name = meta.get(op, ("", op))
+        cat = next((c for c, pat in CATEGORIES if re.search(pat, name)), "other: " + name.split("/")[-1])
+        cats[cat] += ms
+    total = sum(per_op.values())
+    return {"total_ms": total,
+            "categories": [(c, ms, ms / total) for c, ms in cats.most_common()],
+            "ops": [(op, ms, *meta.get(op, ("", ""))) for op, ms in per_op.most_common(top)]}
+
+
+def print_profile(prof: dict, top_categories: int = 14) -> None:
+    print(f"profile: {prof['total_ms']:.0f} ms of op time per step (summed over XLA:CPU threads)")
+    for cat, ms, share in prof["categories"][:top_categories]:
+        print(f"  {ms:9.1f} ms {100 * share:5.1f}%  {cat}")
+    print("  largest ops:")
+    for op, ms, shape, name in prof["ops"]:
+        print(f"  {ms:9.1f} ms  {op:28s} {shape[:34]:34s} {name[-80:]}")
+
+
+def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch: str = "auto",
+                profile: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -77,10 +140,15 @@ def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch:
             trainable, opt_state, m = step(frozen, trainable, opt_state, data, jax.random.fold_in(key, i), i)
         jax.block_until_ready(m)
         dt = (time.perf_counter() - t0) / steps
+        prof = None
+        if profile:
+            import tempfile
+            with tempfile.TemporaryDirectory() as tmp:
+                prof = profile_steps(step, (frozen, trainable, opt_state, data, key, 0), profile, tmp)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
     return {"name": "jaxdiff (jit, JAX)", "step_s": dt, "tokens_per_s": batch * seq / dt,
             "peak_rss_mb": _peak_rss_mb(), "compile_s": compile_s, "loss": float(m["loss"]),
-            "params_m": n_params / 1e6}
+            "params_m": n_params / 1e6, "profile": prof}
 
 
 def run_torch(batch: int, seq: int, steps: int) -> dict:
@@ -134,12 +202,19 @@ def main(argv=None) -> int:
     p.add_argument("--mesh", action="append", default=[],
                    help="a mesh layout such as fsdp=2,expert=4 (repeat for several); jaxdiff only, fake CPU devices")
     p.add_argument("--dispatch", default="auto", choices=("auto", "gspmd", "all_to_all"), help="MoE dispatch with --mesh")
-    p.add_argument("--only", choices=["jaxdiff", "torch"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--only", choices=["jaxdiff", "torch"], default=None,
+                   help="run one side in this process (prints its JSON line)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="with --only jaxdiff: also trace N steps and print the per-op profile")
     p.add_argument("--one_mesh", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.only:
         if a.only == "jaxdiff":
-            print(json.dumps(run_jaxdiff(a.batch, a.seq, a.steps, a.one_mesh, a.dispatch)))
+            r = run_jaxdiff(a.batch, a.seq, a.steps, a.one_mesh, a.dispatch, a.profile)
+            prof = r.pop("profile")
+            if prof:
+                print_profile(prof)
+            print(json.dumps(r))
         else:
             print(json.dumps(run_torch(a.batch, a.seq, a.steps)))
         return 0

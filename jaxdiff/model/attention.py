@@ -160,6 +160,7 @@ class Attention(nnx.Module):
         if past_kv is not None:
             keys = jnp.concatenate([past_kv[0].astype(k.dtype), k], axis=1)
             values = jnp.concatenate([past_kv[1].astype(v.dtype), v], axis=1)
-        out = attend(q, keys, values, vis, bias=bias, impl=self.impl, chunk=self.chunk,
-                     key_chunk=self.key_chunk)
+        with jax.named_scope("attend"):   # profiles (tools/bench_train.py --profile) group by it
+            out = attend(q, keys, values, vis, bias=bias, impl=self.impl, chunk=self.chunk,
+                         key_chunk=self.key_chunk)
         return self.o_proj(out.reshape(b, nq, self.num_heads * self.head_dim), active), (k, v)
