@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
         init=model_init(),
         attention_impl="auto",    # auto (by platform) | reference | chunked | fused | cudnn | splash
         remat=False,
-        remat_policy="full",      # with remat: full (recompute everything) | dots (keep matmul outputs)
+        remat_policy="full",      # with remat: full (recompute everything) | dots (keep projection outputs)
         moe_dispatch="auto",      # auto | gspmd | all_to_all (expert parallelism over mesh.expert)
         moe_capacity_factor=1.25))  # all_to_all in the training loss only: slots per expert per device
                                     # = cf * tokens * k / E (Switch's 1.25); 0 = dropless; sampling/eval/RL never drop

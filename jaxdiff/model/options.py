@@ -32,7 +32,7 @@ class ModelOptions:
     """attention_impl: auto | reference | chunked | fused | cudnn | splash (attention.py; auto: cuDNN
     on CUDA GPUs and splash on TPUs for the calls they express, chunked otherwise); attention_chunk /
     attention_key_chunk: query rows / keys per tile of the chunked path; remat: activation checkpointing per decoder layer, remat_policy full (recompute all) |
-    dots (keep matmul outputs); moe_dispatch: see MOE_DISPATCH; moe_capacity_factor: all_to_all
+    dots (keep unbatched matmul outputs: the projections); moe_dispatch: see MOE_DISPATCH; moe_capacity_factor: all_to_all
     slots per expert per device = cf * tokens * k / E in the forward passes that ask for it
     (`forward(..., moe_capacity=True)`: the training loss only), overflow dropped and counted; None =
     dropless there too; every other forward is dropless whatever it says; moe_grouped_impl: ragged |
@@ -69,7 +69,7 @@ class ModelOptions:
 
     @property
     def checkpoint_policy(self):
-        return jax.checkpoint_policies.dots_saveable if self.remat_policy == "dots" else None
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable if self.remat_policy == "dots" else None
 
     def replace(self, **kw) -> "ModelOptions":
         return dataclasses.replace(self, **kw)

@@ -237,20 +237,19 @@ def layer_bytes_per_token(cfg: ModelConfig, layer: int, keys: int, itemsize: int
                           dispatch: bool = False) -> dict[str, float]:
     """Bytes one token's intermediates take in one decoder layer, by kind, as saved for the
     backward without remat: "input" (the layer input), "dots" (outputs of matmuls: what
-    `dots_saveable` keeps), "other" (norms in float32, RoPE, softmax, SwiGLU, MoE gathers).
-    `keys` is how many keys a query attends over (attention scores are per token x key: the
-    chunked path's backward keeps every chunk's scores, so a layer keeps [B, N, L, S]).
+    `dots_with_no_batch_dims_saveable` keeps: projections; the attention tiles' and the tiled MoE experts' batched matmuls are recomputed), "other" (norms in float32, RoPE, softmax, SwiGLU, MoE gathers).
+    `keys` is how many keys a query attends over; the chunked attention path (flash.py) keeps no
+    scores for the backward (it recomputes each tile), only a float32 max and sum per query and head.
     Head- and FFN-wide parts are divided by the tensor axis when it divides them. `dispatch`:
     MoE layers run the all-to-all dispatch, whose expert FFN works on capacity slots, not on
     tokens (`dispatch_bytes`); only the router and the combine stay per token here."""
     d, n, k, h, b = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, itemsize
     th = _tensor_shards(mesh, n * h)
     dots = ((n + 2 * k) * h * b            # q, k, v projections
-            + n * keys * 4                  # scores (float32)
             + n * h * b) / th + d * b       # attention output; o_proj output
     other = (2 * d * (4 + b)                # two RMSNorms: float32 copy + output
              + (n + k) * h * (4 + b + b) / th   # q/k norms and RoPE
-             + n * keys * (4 + b + 1) / th  # softmax exp (float32), probabilities, visibility mask per head
+             + n * 2 * 4 / th               # the chunked attention's softmax max and sum per head
              + 2 * d * b)                   # residual adds
     if cfg.layer_is_moe(layer) and dispatch:
         e, top = cfg.num_experts, cfg.num_experts_per_tok
@@ -392,18 +391,19 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
 
 
 def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, block: int, mesh,
-                       fp8_device_bytes: int = 0, attention_chunk: int = 512) -> int:
+                       fp8_device_bytes: int = 0, attention_chunk: int = 128,
+                       attention_key_chunk: int = 256) -> int:
     """Estimated per-device bytes of one sampler forward pass over [batch, length] (the prefix /
     dual caches run the whole sequence once per block): one layer's intermediates, with attention
     scores for one query chunk at a time (nothing is kept for a backward), the hidden states,
     float32 logits of one block, and one layer's dequantized FP8 weights."""
     b = jnp.dtype(dtype).itemsize
     rows = batch / _batch_shards(mesh, batch)
-    # scores, exp (float32), probabilities and mask per head: what layer_bytes_per_token counts per key
+    # one attention tile: scores, exp (float32), probabilities and mask per head and key
     n, th = cfg.num_attention_heads, _tensor_shards(mesh, cfg.num_attention_heads * cfg.head_dim)
-    scores = n * length * (4 + 4 + b + 1) / th
+    scores = n * min(attention_key_chunk, length) * (4 + 4 + b + 1) / th
     one_layer = max(sum(layer_bytes_per_token(cfg, i, length, b, mesh).values()) for i in range(cfg.num_hidden_layers))
-    per_token = one_layer - scores + 2 * cfg.hidden_size * b
+    per_token = one_layer + 2 * cfg.hidden_size * b
     return int(rows * (length * per_token + min(attention_chunk, length) * scores + block * cfg.vocab_size * 4)
                + fp8_device_bytes * b / cfg.num_hidden_layers)
 
