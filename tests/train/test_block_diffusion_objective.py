@@ -147,7 +147,7 @@ def test_the_recipe_validates_and_its_block_sizes_grow_by_step():
 
 def test_memory_plan_counts_the_doubled_diffusion_pass():
     """The planner's saved residuals for a block-diffusion step (x0 ⊕ xt: 2L tokens over 2L keys)
-    against the residuals JAX lists for that step (within 1.5x, as for masked diffusion), and about
+    against the residuals JAX lists for that step (within 1.5x, as for masked diffusion), and
     twice the masked-diffusion estimate."""
     from jax._src.ad_checkpoint import saved_residuals
 
@@ -165,8 +165,13 @@ def test_memory_plan_counts_the_doubled_diffusion_pass():
     jax_bytes = sum(np.prod(a.shape) * a.dtype.itemsize for a, why in res if "argument" not in why)
     saved = lambda c: plan_lib.plan_memory(c, mesh={}, batch=2, seq=128, remat="none").activations
     a = saved(c)
-    estimate = a["activations: saved residuals"] + a["activations: vocab loss"]
+    # the vocab loss row also holds its backward working set: only its saved part is a residual
+    vocab_saved, _ = plan_lib.vocab_loss_bytes(plan_lib.plan_memory(c, mesh={}, batch=2, seq=128).model, 2 * 2 * 128,
+                                               1, obj.vocab_chunk, 4, lora_rank=c.lora.diffusion.rank)
+    estimate = a["activations: saved residuals"] + vocab_saved
     assert 1 / 1.5 < estimate / jax_bytes < 1.5, (estimate, jax_bytes)
     c.objective.kind = "masked"
     ratio = a["activations: saved residuals"] / saved(c)["activations: saved residuals"]
-    assert 2 < ratio < 4, ratio        # twice the tokens, each attending over twice the keys
+    # twice the tokens; the attention keeps no per-key residual (flash.py recomputes its score
+    # tiles), so twice the keys add nothing saved (until 2026-11-30: 2 < ratio < 4, scores were kept)
+    assert 1.95 < ratio < 2.5, ratio
