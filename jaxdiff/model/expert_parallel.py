@@ -38,6 +38,12 @@ def capacity(tokens: int, top_k: int, experts: int, capacity_factor: float) -> i
     return max(1, min(tokens, math.ceil(capacity_factor * tokens * top_k / experts)))
 
 
+def dropless_rows(tokens: int, top_k: int, experts: int, devices: int) -> int:
+    """Rows of a device's dropless send (and receive) buffer: each of `devices` destinations gets
+    a slot for every assignment that can go there, T * min(k, E / n) (the static worst case)."""
+    return devices * tokens * min(top_k, experts // devices)
+
+
 def _rank_in_group(keys: jax.Array, groups: int) -> jax.Array:
     """[A] ints in [0, groups) -> each one's rank among the equal keys before it (flat order)."""
     order = jnp.argsort(keys, stable=True)
@@ -50,7 +56,7 @@ def _dropless(x, experts, gate, up, down, *, n, impl, unroll):
     """-> per-assignment outputs [A, D] (unweighted), in the flat order of `experts` [T, k]."""
     t, d = x.shape
     top_k, l = experts.shape[1], gate[0].shape[0]
-    r = t * min(top_k, l)
+    r = dropless_rows(t, top_k, n * l, n) // n
     flat = experts.reshape(-1)                                         # [A]
     dev, local = flat // l, flat % l
     pos = _rank_in_group(dev, n)                                       # slot in dev's buffer

@@ -36,7 +36,7 @@ from jaxdiff import builder
 from jaxdiff.config import schema
 from jaxdiff.model import Qwen3
 from jaxdiff.model.config import ModelConfig
-from jaxdiff.model.expert_parallel import capacity
+from jaxdiff.model.expert_parallel import capacity, dropless_rows
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel.mesh import logical_to_spec
 from jaxdiff.train import config as cfg_lib
@@ -288,8 +288,7 @@ def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
     devices' worst case, `expert_parallel._dropless`)."""
     e, d, f, k = cfg.num_experts, cfg.hidden_size, cfg.moe_intermediate_size, cfg.num_experts_per_tok
     if capacity_factor is None:
-        n = mesh.shape["expert"]
-        rows = n * int(tokens) * min(k, e // n)
+        rows = dropless_rows(int(tokens), k, e, mesh.shape["expert"])
     else:
         rows = e * capacity(int(tokens), k, e, capacity_factor)
     x, y = rows * d * itemsize, rows * f * itemsize / _tensor_shards(mesh, f)
