@@ -56,48 +56,80 @@ def head_logits(hidden: jax.Array, head) -> jax.Array:
     return project(hidden, head.weight, head.lora, matmul=f32_matmul).astype(jnp.float32)
 
 
+def vocab_chunking(vocab: int, chunk: int) -> tuple[int, int]:
+    """(chunks, rows per chunk) for scanning a head of `vocab` rows at most `chunk` at a time:
+    ceil(vocab / chunk) chunks of equal size, so the head pads by fewer rows than there are chunks
+    (a vocabulary below one chunk is one chunk of exactly its size, never padded up to `chunk`)."""
+    n = -(-vocab // chunk)
+    return n, -(-vocab // n)
+
+
+ROW_BLOCK = 512      # rows per block when only some rows need statistics (`rows=`) ...
+MAX_ROW_BLOCKS = 8   # ... in at most this many blocks (each a copy of the vocabulary scan in the program)
+
+
 def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array, *,
                         chunk: int = 8192, lora: LoRAWeights | None = None,
-                        temperature: float = 1.0) -> TokenStats:
-    """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks. `lora`: the
-    output head's adapter (A [r, D], B [V, r]), applied unmerged per chunk (lora.project).
-    temperature: the statistics of softmax(logits / temperature) (a sampling temperature).
+                        temperature: float = 1.0, rows: jax.Array | None = None,
+                        row_block: int = ROW_BLOCK) -> TokenStats:
+    """hidden [N, D], head W [V, D], targets [N] -> TokenStats, scanning V in chunks of at most
+    `chunk` rows (`vocab_chunking`). `lora`: the output head's adapter (A [r, D], B [V, r]), applied
+    unmerged per chunk (lora.project). temperature: the statistics of softmax(logits / temperature)
+    (a sampling temperature).
+    rows [N] bool: only these rows' statistics are wanted (a loss over masked tokens); the others
+    come back as 0 / False. The wanted rows are moved to the front and the head is scanned only for
+    blocks of `row_block` rows that hold one, so a step pays for the vocabulary in proportion to
+    the tokens its loss counts (about half of them under the LLaDA loss), not to all N.
     Memory, forward and backward: O(N x chunk) float32 plus O(N x V / chunk) carries."""
     v, d = head_w.shape
-    n_chunks = -(-v // chunk)
+    n_chunks, chunk = vocab_chunking(v, chunk)
     pad = n_chunks * chunk - v
     w = jnp.pad(head_w, ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
     b = None if lora is None else jnp.pad(lora.b, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
-    h = hidden
     f32 = f32_matmul
 
     # Rematerialised per chunk: the backward recomputes each chunk's logits from h and the chunk's
     # weights, so reverse mode holds the five [N] carries per chunk and one [N, chunk] working set,
     # never [N, V] (autodiff of the online log-sum-exp stays exact: the same ops, run again).
-    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
-    def body(carry, xs):
-        m, s, total, best, best_idx = carry
-        wc, bc, c = xs
-        logits = project(h, wc, None if lora is None else lora.replace(b=bc), matmul=f32).astype(jnp.float32)
-        if temperature != 1.0:
-            logits = logits / temperature
-        ids = c * chunk + jnp.arange(chunk)
-        real = ids < v
-        logits_m = jnp.where(real[None], logits, -jnp.inf)
-        cm = jnp.max(logits_m, axis=-1)
-        new_m = jnp.maximum(m, cm)
-        s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
-        total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
-        arg = jnp.argmax(logits_m, axis=-1)
-        better = cm > best
-        best_idx = jnp.where(better, c * chunk + arg, best_idx)
-        return (new_m, s, total, jnp.maximum(best, cm), best_idx), None
+    # need: a traced bool; when False every chunk is skipped (lax.cond inside the rematerialised
+    # body, so the skip holds in the backward too and the cond keeps no residuals of its own).
+    def scan_vocab(h, lw, need=None):   # h [n, D] -> (log-sum-exp, sum of logits, argmax), each [n]
+        def chunk_stats(carry, xs):
+            m, s, total, best, best_idx = carry
+            wc, bc, c = xs
+            logits = project(h, wc, None if lw is None else lw.replace(b=bc), matmul=f32).astype(jnp.float32)
+            if temperature != 1.0:
+                logits = logits / temperature
+            ids = c * chunk + jnp.arange(chunk)
+            real = ids < v
+            logits_m = jnp.where(real[None], logits, -jnp.inf)
+            cm = jnp.max(logits_m, axis=-1)
+            new_m = jnp.maximum(m, cm)
+            s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
+            total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
+            arg = jnp.argmax(logits_m, axis=-1)
+            better = cm > best
+            best_idx = jnp.where(better, c * chunk + arg, best_idx)
+            return new_m, s, total, jnp.maximum(best, cm), best_idx
 
-    n = h.shape[0]
-    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
-            jnp.zeros((n,), jnp.int32))
-    (m, s, total, _, best_idx), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
-    lse = m + jnp.log(s)
+        @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+        def body(carry, xs):
+            if need is None:
+                return chunk_stats(carry, xs), None
+            return jax.lax.cond(need, chunk_stats, lambda carry, xs: carry, carry, xs), None
+
+        n = h.shape[0]
+        init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
+                jnp.zeros((n,), jnp.int32))
+        (m, s, total, _, best_idx), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
+        if need is not None:   # a skipped block: lse 0 (not -inf + log 0, whose gradient is nan)
+            m, s = jnp.where(need, m, 0.0), jnp.where(need, s, 1.0)
+        return m + jnp.log(s), total, best_idx
+
+    if rows is None:
+        lse, total, best_idx = scan_vocab(hidden, lora)
+    else:
+        lse, total, best_idx = _wanted_rows_only(scan_vocab, hidden, lora, rows, row_block)
     # The target's logit from its own head row (a gather, not a [N, V] select kept for the backward),
     # through the same unmerged apply: per-row weights [N, 1, D] / adapter rows [N, 1, r].
     def rowwise(x, w):
@@ -106,10 +138,35 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
         return jnp.einsum("ND,NFD->NF", x, w.astype(x.dtype), preferred_element_type=jnp.float32)
 
     target_lora = None if lora is None else lora.replace(b=lora.b[targets][:, None, :])
-    target_logit = project(h, head_w[targets][:, None, :], target_lora, matmul=rowwise)[:, 0].astype(jnp.float32)
+    target_logit = project(hidden, head_w[targets][:, None, :], target_lora, matmul=rowwise)[:, 0].astype(jnp.float32)
     if temperature != 1.0:
         target_logit = target_logit / temperature
-    return TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
+    stats = TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
+    if rows is None:
+        return stats
+    return TokenStats(jnp.where(rows, stats.nll, 0.0), jnp.where(rows, stats.mean_nll, 0.0), stats.correct & rows)
+
+
+def _wanted_rows_only(scan_vocab, hidden, lora, rows, row_block):
+    """scan_vocab over the rows marked in `rows` only: those rows sorted to the front, cut into at
+    most MAX_ROW_BLOCKS blocks of about `row_block` rows, a block past the last wanted row skipped
+    (scan_vocab's `need`, in both directions of autodiff). The blocks are a Python loop, not a scan:
+    a scan's backward would stack its loop-invariant residuals (the head weight) once per block. Returns
+    scan_vocab's outputs in the original row order (0 for unwanted rows)."""
+    n, d = hidden.shape
+    nb = min(MAX_ROW_BLOCKS, -(-n // row_block))
+    rb = -(-n // nb)
+    order = jnp.argsort(~rows, stable=True)                        # wanted rows first
+    back = jnp.argsort(order)                                      # sorted position of each row
+    count = jnp.sum(rows)
+    hs = jnp.pad(hidden[order], ((0, nb * rb - n), (0, 0))).reshape(nb, rb, d)
+    outs = []
+    for i in range(nb):
+        lw = lora
+        if lw is not None and lw.dropout_key is not None:   # a fresh dropout draw per block
+            lw = lw.replace(dropout_key=jax.random.fold_in(lw.dropout_key, i))
+        outs.append(scan_vocab(hs[i], lw, need=i * rb < count))
+    return tuple(jnp.concatenate(x)[back] for x in zip(*outs))
 
 
 def _weighted_terms(stats: TokenStats, loss_mask, p_mask, kind, dp_mask, label_smoothing, reweight_cap):

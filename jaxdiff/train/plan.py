@@ -33,6 +33,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, NamedSharding, PartitionSpec as P
 
 from jaxdiff import builder
+from jaxdiff.diffusion.losses import vocab_chunking
 from jaxdiff.config import schema
 from jaxdiff.model import Qwen3
 from jaxdiff.model.config import ModelConfig
@@ -296,7 +297,7 @@ def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
 
 
 # The rematerialised vocab-chunk scan (`losses.token_stats_chunked`): five [tokens] float32 carries
-# saved per chunk, and in the backward about five [tokens, chunk] float32 buffers of one chunk
+# saved per chunk and the hidden rows in loss-rows-first order, and in the backward about five [tokens, chunk] float32 buffers of one chunk
 # (logits, exp, cotangents; 5.2 measured by XLA on CPU, independent of V).
 VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 5, 5
 
@@ -306,8 +307,9 @@ def vocab_loss_bytes(cfg: ModelConfig, tokens: float, n_loss: int, vocab_chunk: 
     """(saved for the backward, working set of one chunk) bytes of `n_loss` vocab-chunked token
     losses over `tokens` tokens per device. A vocabulary that is not whole chunks pads the head
     weight [V', D] (D over fsdp) and its adapter's B [V', r] (float32): copies the scan keeps."""
-    n_chunks = -(-cfg.vocab_size // vocab_chunk)
-    saved = n_loss * tokens * n_chunks * VOCAB_CARRIES * 4
+    n_chunks, vocab_chunk = vocab_chunking(cfg.vocab_size, vocab_chunk)
+    # the carries, and the loss's hidden rows gathered into loss-rows-first order (`rows=`)
+    saved = n_loss * tokens * (n_chunks * VOCAB_CARRIES * 4 + cfg.hidden_size * itemsize)
     if n_loss and n_chunks * vocab_chunk != cfg.vocab_size:
         d, fsdp = cfg.hidden_size, 1 if mesh is None else mesh.shape["fsdp"]
         saved += n_chunks * vocab_chunk * (d * itemsize / (fsdp if d % fsdp == 0 else 1) + n_loss * lora_rank * 4)

@@ -73,11 +73,13 @@ class ObjectiveConfig:
             raise ValueError(f"objective attention {self.attention!r}; choose bidirectional or block")
 
 
-def _stats(model, hidden, targets, chunk, head, dropout_key):
+def _stats(model, hidden, targets, chunk, head, dropout_key, rows):
+    """TokenStats [B, L] of the output head on the positions in `rows` [B, L] (the loss's tokens;
+    elsewhere 0 / False): the head's vocabulary is only scanned for those (token_stats_chunked)."""
     b, l, d = hidden.shape
     out = model.output_head(hidden.dtype, ActiveHead(head, dropout_key))
     s = losses.token_stats_chunked(hidden.reshape(b * l, d), out.weight, targets.reshape(-1), chunk=chunk,
-                                   lora=out.lora)
+                                   lora=out.lora, rows=rows.reshape(-1))
     return losses.TokenStats(*(x.reshape(b, l) for x in (s.nll, s.mean_nll, s.correct)))
 
 
@@ -103,7 +105,7 @@ def diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_key=No
     out = model.forward(noisy, lora="diffusion", lora_dropout_key=dropout_key, attention=obj.attention,
                         block_size=obj.block_size, prompt_lengths=plen, padding_mask=valid, logits=False,
                         moe_capacity=True)
-    stats = _stats(model, out.hidden, tokens, obj.vocab_chunk, "diffusion", dropout_key)
+    stats = _stats(model, out.hidden, tokens, obj.vocab_chunk, "diffusion", dropout_key, masked | edited)
     p_tok = jnp.broadcast_to(p[:, None], (b, l))
     dp_tok = jnp.broadcast_to(obj.schedule.mask_prob_derivative(t)[:, None], (b, l))
     answer = jnp.sum(maskable, axis=1) if obj.sft else None
@@ -170,7 +172,7 @@ def block_diffusion_head(model, batch, key, step, obj: ObjectiveConfig, dropout_
     out = model.forward(jnp.concatenate([tokens, noisy], axis=1), lora="diffusion", lora_dropout_key=dropout_key,
                         attention="block_diffusion", block_size=obj.block_size, prompt_lengths=plen,
                         padding_mask=both, logits=False, moe_capacity=True)
-    stats = _stats(model, out.hidden[:, l:], tokens, obj.vocab_chunk, "diffusion", dropout_key)
+    stats = _stats(model, out.hidden[:, l:], tokens, obj.vocab_chunk, "diffusion", dropout_key, masked)
     p = clamp_mask_prob(obj.schedule.mask_prob(t), obj.min_masking_rate)
     loss = losses.block_diffusion_loss(stats, masked, p, maskable, kind=obj.loss,
                                        dp_mask=obj.schedule.mask_prob_derivative(t),
@@ -204,9 +206,9 @@ def ar_head(model, batch, obj: ObjectiveConfig, dropout_key=None):
     tokens, valid, plen = batch["tokens"], batch["valid"], batch["prompt_lengths"]
     out = model.forward(tokens, lora="ar", lora_dropout_key=dropout_key, attention="causal",
                         padding_mask=valid, logits=False, moe_capacity=True)
-    stats = _stats(model, out.hidden[:, :-1], tokens[:, 1:], obj.vocab_chunk, "ar", dropout_key)
     pos = jnp.arange(1, tokens.shape[1])[None]
     target_mask = valid[:, 1:] & valid[:, :-1] & (pos >= plen[:, None])
+    stats = _stats(model, out.hidden[:, :-1], tokens[:, 1:], obj.vocab_chunk, "ar", dropout_key, target_mask)
     loss = jnp.sum(jnp.where(target_mask, stats.nll, 0.0)) / jnp.maximum(jnp.sum(target_mask), 1)
     metrics = {"ar/loss": loss, "ar/acc": losses.masked_accuracy(stats, target_mask)}
     if obj.diffusion_weight:   # the diffusion pass already weighs (and logs) the router losses

@@ -123,6 +123,46 @@ def test_vocab_chunked_stats_and_gradients_equal_full_logits_with_lora(chunk, te
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("wanted", ["some", "none", "all"])
+@pytest.mark.parametrize("chunk", [4, 64])
+def test_vocab_stats_of_wanted_rows_only_equal_full_logits(chunk, wanted):
+    """rows=: the loss's rows sorted to the front, blocks of 2 rows (5 blocks for 9 rows), blocks
+    past the last wanted row skipped. Wanted rows' stats and the gradient of a loss over them equal
+    the full-logits reference; the other rows read 0 / False."""
+    h, w, a, b, targets = _head_case(11)
+    rows = jnp.asarray({"some": [0, 1, 0, 0, 1, 1, 0, 0, 1], "none": [0] * 9, "all": [1] * 9}[wanted], bool)
+    wn, wm = jnp.linspace(0.5, 1.5, 9), jnp.linspace(-1.0, 1.0, 9)
+
+    def chunked(h, w, a, b):
+        s = losses.token_stats_chunked(h, w, targets, chunk=chunk, lora=LoRAWeights(a, b, 2.0), rows=rows,
+                                       row_block=2)
+        return jnp.sum(wn * s.nll) + jnp.sum(wm * s.mean_nll), (s.nll, s.mean_nll, s.correct)
+
+    def reference(h, w, a, b):
+        s = losses.token_stats_from_logits(project(h, w, LoRAWeights(a, b, 2.0), matmul=losses.f32_matmul), targets)
+        s = (jnp.where(rows, s.nll, 0.0), jnp.where(rows, s.mean_nll, 0.0), s.correct & rows)
+        return jnp.sum(wn * s[0]) + jnp.sum(wm * s[1]), s
+
+    (v_ch, s_ch), g_ch = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2, 3), has_aux=True))(h, w, a, b)
+    (v_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2, 3), has_aux=True))(h, w, a, b)
+    np.testing.assert_allclose(float(v_ch), float(v_ref), rtol=1e-5, atol=1e-5)
+    for x, y in zip(s_ch[:2], s_ref[:2]):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(s_ch[2]), np.asarray(s_ref[2]))
+    for x, y in zip(g_ch, g_ref):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+    if wanted == "none":
+        assert float(v_ch) == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_ch)
+
+
+def test_vocab_chunking_is_balanced_and_never_pads_a_small_vocabulary():
+    assert losses.vocab_chunking(2048, 8192) == (1, 2048)        # was padded to 8192: 4x the work
+    assert losses.vocab_chunking(16384, 8192) == (2, 8192)
+    for v in (151_936, 151_669, 32_768, 50_000, 7):
+        n, size = losses.vocab_chunking(v, 8192)
+        assert size <= 8192 and n == -(-v // 8192) and 0 <= n * size - v < n, (v, n, size)
+
+
 def test_vocab_chunked_backward_memory_does_not_grow_with_the_vocabulary():
     """XLA's temp bytes of the loss gradient at V and 4V (same chunk): O(N x chunk), not O(N x V)
     (before remat per chunk the backward kept every chunk's softmax terms: 2.7 N x V x 4 bytes)."""
