@@ -40,7 +40,7 @@ class ModelOptions:
 
     attention_impl: str = "auto"
     attention_chunk: int = 128
-    attention_key_chunk: int = 256
+    attention_key_chunk: int = 512
     remat: bool = False
     remat_policy: str = "full"
     moe_dispatch: str = "auto"

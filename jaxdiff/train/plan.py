@@ -393,7 +393,7 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
 
 def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, block: int, mesh,
                        fp8_device_bytes: int = 0, attention_chunk: int = 128,
-                       attention_key_chunk: int = 256) -> int:
+                       attention_key_chunk: int = 512) -> int:
     """Estimated per-device bytes of one sampler forward pass over [batch, length] (the prefix /
     dual caches run the whole sequence once per block): one layer's intermediates, with attention
     scores for one query chunk at a time (nothing is kept for a backward), the hidden states,

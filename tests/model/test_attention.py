@@ -44,12 +44,18 @@ def _qkv(nq, nk, dtype=jnp.float32):
             jax.random.normal(ks[2], (B, nk, K, H), dtype), jax.random.normal(ks[3], (B, nq, N, H), jnp.float32))
 
 
-@pytest.mark.parametrize("mode, past, with_bias", [
-    ("causal", 0, False), ("bidirectional", 0, False), ("block", 0, False),
-    ("block", 21, False),            # a KV-cache prefix of 21 slots, one row seeing nothing
-    ("block_diffusion", 0, True),    # x0 ⊕ xt (noisy flags) and an additive bias, its gradient included
+@pytest.mark.parametrize("mode, past, with_bias, split", [
+    ("causal", 0, False, False), ("bidirectional", 0, False, False), ("block", 0, False, False),
+    ("block", 21, False, False),            # a KV-cache prefix of 21 slots, one row seeing nothing
+    ("block_diffusion", 0, True, False),    # x0 ⊕ xt (noisy flags) and an additive bias, its gradient included
+    ("block", 21, False, True),             # the batch as 3 groups (flash.batch_groups), each its own VJP
+    ("block_diffusion", 0, True, True),
 ])
-def test_chunked_equals_reference_values_and_gradients(mode, past, with_bias):
+def test_chunked_equals_reference_values_and_gradients(mode, past, with_bias, split, monkeypatch):
+    from jaxdiff.model import flash
+    if split:   # a group's tile budget of one row's 8 x 16 tile over 4 heads: 3 groups of 1 row
+        monkeypatch.setattr(flash, "GROUP_TILE_ELEMENTS", N * 8 * 16)
+        assert flash.batch_groups(B, N * 8 * 16) == 3
     vis, nq, nk = _case(mode, past=past)
     q, k, v, w = _qkv(nq, nk)
     bias = jax.random.normal(jax.random.key(2), (B, 1, nq, nk)) if with_bias else None
