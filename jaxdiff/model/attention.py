@@ -37,6 +37,7 @@ from jaxdiff.model.flash import allowed_mask, flash_attention
 from jaxdiff.model.layers import Linear, RMSNorm
 from jaxdiff.model.lora import ActiveHead
 from jaxdiff.model.options import ATTENTION_IMPLS as IMPLEMENTATIONS
+from jaxdiff.model.options import ModelOptions
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel import shard
 
@@ -83,7 +84,8 @@ def _scores_to_out(q, k, v, allowed, bias, scale):
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, vis: Visibility, *, bias: jax.Array | None = None,
-           impl: str = "auto", chunk: int = 128, key_chunk: int = 512, platform: str | None = None) -> jax.Array:
+           impl: str = "auto", chunk: int = ModelOptions.attention_chunk,
+           key_chunk: int = ModelOptions.attention_key_chunk, platform: str | None = None) -> jax.Array:
     """Attention of q [B, Q, N, H] over k, v [B, S, K, H]; returns [B, Q, N, H]. impl: see
     IMPLEMENTATIONS ("auto" resolves for `platform`, default this process's backend); chunk /
     key_chunk: query rows / keys per tile of the chunked path."""
@@ -130,8 +132,9 @@ def select_impl(impl: str, *, platform: str, vis: Visibility, q: jax.Array, k: j
 class Attention(nnx.Module):
     """Qwen3 self-attention: q/k/v/o projections, per-head RMSNorm on q and k, RoPE, GQA."""
 
-    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, impl: str = "auto", chunk: int = 128,
-                 key_chunk: int = 512, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, dtype, fp8_block, impl: str = "auto",
+                 chunk: int = ModelOptions.attention_chunk, key_chunk: int = ModelOptions.attention_key_chunk,
+                 rngs: nnx.Rngs):
         """fp8_block(name) -> block size or None for the projection `name`; impl / chunk / key_chunk:
         see `attend` (ModelOptions.attention_impl / attention_chunk / attention_key_chunk)."""
         d, n, kv, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim

@@ -37,6 +37,7 @@ from jaxdiff.diffusion.losses import vocab_chunking
 from jaxdiff.config import schema
 from jaxdiff.model import Qwen3
 from jaxdiff.model.config import ModelConfig
+from jaxdiff.model.options import ModelOptions
 from jaxdiff.model.expert_parallel import capacity, dropless_rows
 from jaxdiff.parallel import axes as ax
 from jaxdiff.parallel.mesh import logical_to_spec
@@ -297,8 +298,9 @@ def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
 
 
 # The rematerialised vocab-chunk scan (`losses.token_stats_chunked`): five [tokens] float32 carries
-# saved per chunk and the hidden rows in loss-rows-first order, and in the backward about five [tokens, chunk] float32 buffers of one chunk
-# (logits, exp, cotangents; 5.2 measured by XLA on CPU, independent of V).
+# saved per chunk and the hidden rows in loss-rows-first order, and in the backward about five
+# [tokens, chunk] float32 buffers of one chunk (logits, exp, cotangents; 5.2 measured by XLA on CPU,
+# independent of V).
 VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 5, 5
 
 
@@ -392,8 +394,8 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
 
 
 def sample_working_set(cfg: ModelConfig, dtype, *, batch: int, length: int, block: int, mesh,
-                       fp8_device_bytes: int = 0, attention_chunk: int = 128,
-                       attention_key_chunk: int = 512) -> int:
+                       fp8_device_bytes: int = 0, attention_chunk: int = ModelOptions.attention_chunk,
+                       attention_key_chunk: int = ModelOptions.attention_key_chunk) -> int:
     """Estimated per-device bytes of one sampler forward pass over [batch, length] (the prefix /
     dual caches run the whole sequence once per block): one layer's intermediates, with attention
     scores for one query chunk at a time (nothing is kept for a backward), the hidden states,
