@@ -5,8 +5,11 @@ threshold decoding saves forward passes where it is confident, and the sampling 
 Masked-token accuracy. Measured on the 2-core CI machine (2026-11-24): held-out masked-token accuracy 0.1202 after 900
 steps (300 AR, 600 diffusion; configs/tiny_coder.py) against a unigram baseline of 0.0342 (always
 predicting the most frequent training token, '.'); the tiny coder's curve reached 0.079 after 600
-steps (300 AR). The main job pre-trains 600 steps (200 AR, 400 diffusion). The test asks for at
-least twice the baseline and 4 points above it.
+steps (300 AR). The main job pre-trained 600 steps (200 AR, 400 diffusion) until 2026-11-30, 400
+(150 AR, 250 diffusion) since, to fit its 5-minute budget: held-out masked accuracy 0.0686 against
+a baseline of 0.0194 (the most frequent token of the main job's tokenizer, 7 spaces), measured on
+2026-11-30; threshold 0.5 then took 746 of 768 passes, same text and fewer passes on prompt 11.
+The test asks for at least twice the baseline and 4 points above it.
 
 Threshold decoding (measured on the 900-step configs/tiny_coder.py model, which this module
 used until 2026-11-30). Measured on the 2-core CI machine, gen_length 64, block_length 16, no cache, every prompt
@@ -155,5 +158,5 @@ def test_tiny_main_job_beats_the_unigram_baseline(trained_tiny_coder):
     c = main_job.get_config().pretrain
     baseline, token = unigram_baseline(workdir, c)
     print(f"held-out masked-token accuracy {acc:.4f} vs unigram baseline {baseline:.4f} ({token!r})")
-    assert steps == c.train.steps == 600
+    assert steps == c.train.steps == 400
     assert acc >= 2 * baseline and acc - baseline >= 0.04, (acc, baseline)
