@@ -5,11 +5,22 @@
     python tools/bench_train.py --only jaxdiff --profile 2   # + per-op profile of 2 steps (jax.profiler)
     python tools/bench_train.py --mesh data=8 --mesh fsdp=2,expert=4 --mesh data=2,expert=2,tensor=2 --batch 8
         # jaxdiff only, one step time per mesh layout (8 fake CPU devices: for relative comparison only)
+    python tools/bench_train.py --shape qwen3-0.6b --dtype bfloat16 --batch 8 --seq 2048 \
+        --side jaxdiff:cudnn --side jaxdiff:chunked --side torch          # on a GPU: + model TFLOP/s, MFU
+    python tools/bench_train.py --shape qwen3-30b-a3b --layers 4 --dtype bfloat16 --batch 4 --seq 2048 \
+        --side jaxdiff:cudnn:ragged --side jaxdiff:chunked:ragged --side torch
 
-Both sides: the same Qwen3-MoE config and random weights, LoRA r=16 alpha=32 on q/k/v/o, the LLaDA
-loss (mask with probability t, CE / t over masked tokens / (B*L)) under bidirectional attention,
-AdamW. Each side runs in its own subprocess so peak RSS is its own. Prints tokens/s, peak RSS and
-the ratios.
+Both sides: the same Qwen3 / Qwen3-MoE config and random weights, LoRA r=16 alpha=32 on q/k/v/o, the
+LLaDA loss (mask with probability t, CE / t over masked tokens / (B*L)) under bidirectional attention,
+AdamW. Each side runs in its own subprocess so peak memory is its own (RSS on CPU, the device
+allocator's peak on a GPU). Prints tokens/s, peak memory and the ratios; on a GPU also the model
+FLOPs per step and MFU against --peak_tflops.
+
+--shape: bench-moe (the 52M Qwen3-MoE below, the CPU benchmark), qwen3-0.6b (configs/qwen3_0_6b.py's
+Qwen3-0.6B config.json) or qwen3-30b-a3b (the verbatim published Qwen3-Coder-30B-A3B-Instruct
+config.json), --layers N keeps the first N layers (a slice at the real width). --side picks what
+runs, in order: `torch`, or `jaxdiff[:attention_impl[:moe_grouped_impl]]` (ModelOptions values,
+e.g. jaxdiff:cudnn, jaxdiff:chunked:tiled); the first jaxdiff side is the one the ratios use.
 """
 from __future__ import annotations
 
@@ -28,6 +39,59 @@ CONFIG = dict(vocab_size=16384, hidden_size=512, intermediate_size=1024, num_hid
               num_attention_heads=8, num_key_value_heads=4, head_dim=64, num_experts=8,
               num_experts_per_tok=2, moe_intermediate_size=512, norm_topk_prob=True)
 RANK, ALPHA = 16, 32.0
+SHAPES = ("bench-moe", "qwen3-0.6b", "qwen3-30b-a3b")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def hf_config(shape: str, layers: int | None = None) -> dict:
+    """The config.json (as a dict) of a benchmark shape, cut to its first `layers` layers."""
+    if shape == "bench-moe":
+        hf = {"architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "rms_norm_eps": 1e-6,
+              "rope_theta": 10000.0, "max_position_embeddings": 32768, "tie_word_embeddings": False, **CONFIG}
+    elif shape == "qwen3-0.6b":
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("qwen3_0_6b", os.path.join(ROOT, "configs", "qwen3_0_6b.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        hf = mod.reference_hf_config()
+    elif shape == "qwen3-30b-a3b":
+        with open(os.path.join(ROOT, "jaxdiff", "config", "published", "Qwen3-Coder-30B-A3B-Instruct.json")) as f:
+            hf = json.load(f)
+    else:
+        raise ValueError(f"--shape {shape!r}: choose from {SHAPES}")
+    if layers:
+        hf = {**hf, "num_hidden_layers": layers}
+        if "max_window_layers" in hf:
+            hf["max_window_layers"] = min(hf["max_window_layers"], layers)
+    return hf
+
+
+def model_flops_per_step(hf: dict, batch: int, seq: int) -> float:
+    """Matmul FLOPs a frozen-base LoRA step must do: forward 2*N and input-gradient backward 2*N per
+    token over the active matmul parameters N (attention projections, dense MLP or router + top-k
+    experts, LM head; no weight gradients for the frozen base, LoRA's own matmuls ignored), plus
+    bidirectional attention's scores and values, 4*S*heads*head_dim per token and layer forward and
+    twice that backward. Recomputation (remat, the vocabulary loss's chunks) is not counted."""
+    d, layers, heads = hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"]
+    hd = hf.get("head_dim") or d // heads
+    kv = hf["num_key_value_heads"]
+    attn = d * heads * hd * 2 + d * kv * hd * 2
+    if hf.get("num_experts"):
+        mlp = d * hf["num_experts"] + hf["num_experts_per_tok"] * 3 * d * hf["moe_intermediate_size"]
+    else:
+        mlp = 3 * d * hf["intermediate_size"]
+    n_active = layers * (attn + mlp) + d * hf["vocab_size"]
+    tokens = batch * seq
+    return tokens * (4 * n_active + 12 * layers * seq * heads * hd)
+
+
+def _jax_peak_mb() -> tuple[float, str]:
+    import jax
+    dev = jax.local_devices()[0]
+    stats = dev.memory_stats() if dev.platform != "cpu" else None
+    if stats and "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20, f"{dev.platform} allocator peak"
+    return _peak_rss_mb(), "peak RSS"
 
 
 def _peak_rss_mb() -> float:
@@ -93,7 +157,8 @@ def print_profile(prof: dict, top_categories: int = 14) -> None:
 
 
 def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch: str = "auto",
-                profile: int = 0) -> dict:
+                profile: int = 0, shape: str = "bench-moe", layers: int | None = None, dtype: str = "float32",
+                attention_impl: str = "auto", grouped_impl: str | None = None) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -111,9 +176,10 @@ def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch:
     from jaxdiff.parallel import make_mesh, use_mesh
     from jaxdiff.train.step import init_opt_state, step_shardings
 
-    cfg = ModelConfig(**CONFIG)
+    cfg = ModelConfig(**CONFIG) if shape == "bench-moe" and not layers else ModelConfig.from_hf(hf_config(shape, layers))
     mesh = make_mesh(dict((k, int(v)) for k, v in (kv.split("=") for kv in mesh_spec.split(",")))) if mesh_spec else None
-    model = build_model(cfg, options=ModelOptions(moe_dispatch=dispatch, mesh=mesh))
+    options = ModelOptions(moe_dispatch=dispatch, mesh=mesh, attention_impl=attention_impl, moe_grouped_impl=grouped_impl)
+    model = build_model(cfg, dtype=jnp.dtype(dtype), options=options)
     add_mask_token(model, mask_token_id=cfg.vocab_size - 1)
     add_lora(model, "diffusion", LoRASpec(rank=RANK, alpha=ALPHA))
     rs = np.random.RandomState(0)
@@ -146,33 +212,52 @@ def run_jaxdiff(batch: int, seq: int, steps: int, mesh_spec: str = "", dispatch:
             with tempfile.TemporaryDirectory() as tmp:
                 prof = profile_steps(step, (frozen, trainable, opt_state, data, key, 0), profile, tmp)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(frozen))
-    return {"name": "jaxdiff (jit, JAX)", "step_s": dt, "tokens_per_s": batch * seq / dt,
-            "peak_rss_mb": _peak_rss_mb(), "compile_s": compile_s, "loss": float(m["loss"]),
-            "params_m": n_params / 1e6, "profile": prof}
+    peak_mb, peak_kind = _jax_peak_mb()
+    name = f"jaxdiff (jit, JAX) attention={attention_impl} moe={options.grouped_impl if cfg.is_moe else '-'}"
+    return {"name": name, "step_s": dt, "tokens_per_s": batch * seq / dt,
+            "peak_mb": peak_mb, "peak_kind": peak_kind, "compile_s": compile_s, "loss": float(m["loss"]),
+            "params_m": n_params / 1e6, "backend": jax.default_backend(), "device": str(jax.local_devices()[0].device_kind),
+            "versions": f"jax {jax.__version__}", "profile": prof}
 
 
-def run_torch(batch: int, seq: int, steps: int) -> dict:
+def run_torch(batch: int, seq: int, steps: int, shape: str = "bench-moe", layers: int | None = None,
+              dtype: str = "float32") -> dict:
     import numpy as np
     import torch
+    import transformers
     from peft import LoraConfig, get_peft_model
-    from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3MoeConfig, Qwen3MoeForCausalLM
 
     torch.manual_seed(0)
-    cfg = Qwen3MoeConfig(**CONFIG)
-    model = Qwen3MoeForCausalLM(cfg)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tdtype = getattr(torch, dtype)
+    if shape == "bench-moe" and not layers:
+        cfg = Qwen3MoeConfig(**CONFIG)
+        model = Qwen3MoeForCausalLM(cfg)
+    else:
+        hf = hf_config(shape, layers)
+        cfg = AutoConfig.for_model(hf["model_type"], **{k: v for k, v in hf.items() if k != "model_type"})
+        with dev:   # initialise on the device: a 30B-A3B slice's experts are billions of parameters
+            model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=tdtype)
+    model = model.to(device=dev, dtype=tdtype)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     mask_id = cfg.vocab_size - 1
     rs = np.random.RandomState(0)
-    tokens = torch.tensor(rs.randint(0, cfg.vocab_size - 1, (batch, seq)))
-    bidir = torch.zeros((batch, 1, seq, seq))   # additive 4-D mask of zeros: every token sees every token
+    tokens = torch.tensor(rs.randint(0, cfg.vocab_size - 1, (batch, seq)), device=dev)
+    # additive 4-D mask of zeros: every token sees every token
+    bidir = torch.zeros((batch, 1, seq, seq), dtype=tdtype, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def one_step():
-        t = torch.rand(batch).clamp_min(1e-3)
+        t = torch.rand(batch, device=dev).clamp_min(1e-3)
         p = t[:, None].expand(batch, seq)
-        masked = torch.rand(batch, seq) < p
+        masked = torch.rand(batch, seq, device=dev) < p
         noisy = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
         logits = model(input_ids=noisy, attention_mask=bidir).logits
         ce = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1),
@@ -181,17 +266,37 @@ def run_torch(batch: int, seq: int, steps: int) -> dict:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        return float(loss)
+        return loss.detach()
 
     one_step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(steps):
         loss = one_step()
+    sync()
     dt = (time.perf_counter() - t0) / steps
     n_params = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return {"name": "transformers + peft (torch)", "step_s": dt, "tokens_per_s": batch * seq / dt,
-            "peak_rss_mb": _peak_rss_mb(), "loss": loss, "params_m": n_params / 1e6,
-            "torch_threads": torch.get_num_threads()}
+    if dev.type == "cuda":
+        peak_mb, peak_kind = torch.cuda.max_memory_allocated() / 2**20, "cuda allocator peak"
+    else:
+        peak_mb, peak_kind = _peak_rss_mb(), "peak RSS"
+    experts = getattr(model.base_model.model.config, "_experts_implementation", None)
+    name = "transformers + peft (torch) sdpa" + (f" experts={experts}" if cfg.model_type.endswith("moe") else "")
+    return {"name": name, "step_s": dt, "tokens_per_s": batch * seq / dt,
+            "peak_mb": peak_mb, "peak_kind": peak_kind, "loss": float(loss), "params_m": n_params / 1e6,
+            "torch_threads": torch.get_num_threads(), "backend": dev.type,
+            "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+            "versions": f"torch {torch.__version__}, transformers {transformers.__version__}"}
+
+
+def _side_args(side: str) -> list[str]:
+    name, *rest = side.split(":")
+    if name == "torch" and not rest:
+        return ["--only", "torch"]
+    if name == "jaxdiff" and len(rest) <= 2:
+        return ["--only", "jaxdiff"] + (["--attention_impl", rest[0]] if rest else []) + \
+            (["--grouped_impl", rest[1]] if len(rest) > 1 else [])
+    raise ValueError(f"--side {side!r}: use torch or jaxdiff[:attention_impl[:moe_grouped_impl]]")
 
 
 def main(argv=None) -> int:
@@ -199,44 +304,83 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--shape", default="bench-moe", choices=SHAPES)
+    p.add_argument("--layers", type=int, default=None, help="keep the first N layers of --shape")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="params and activations")
+    p.add_argument("--side", action="append", default=[],
+                   help="torch | jaxdiff[:attention_impl[:moe_grouped_impl]], repeatable (default: jaxdiff, torch)")
+    p.add_argument("--peak_tflops", type=float, default=None,
+                   help="the device's dense peak for MFU (default on a GPU: 989, H100/H200 SXM bf16)")
+    p.add_argument("--side_timeout", type=float, default=None, help="seconds each side may run (start and compile included)")
+    p.add_argument("--json_out", default="", help="append each side's result as a JSON line to this file")
     p.add_argument("--mesh", action="append", default=[],
                    help="a mesh layout such as fsdp=2,expert=4 (repeat for several); jaxdiff only, fake CPU devices")
     p.add_argument("--dispatch", default="auto", choices=("auto", "gspmd", "all_to_all"), help="MoE dispatch with --mesh")
     p.add_argument("--only", choices=["jaxdiff", "torch"], default=None,
                    help="run one side in this process (prints its JSON line)")
+    p.add_argument("--attention_impl", default="auto", help="with --only jaxdiff: ModelOptions.attention_impl")
+    p.add_argument("--grouped_impl", default=None, help="with --only jaxdiff: ModelOptions.moe_grouped_impl")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="with --only jaxdiff: also trace N steps and print the per-op profile")
     p.add_argument("--one_mesh", default="", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    shape_args = ["--shape", a.shape, "--dtype", a.dtype] + (["--layers", str(a.layers)] if a.layers else [])
     if a.only:
         if a.only == "jaxdiff":
-            r = run_jaxdiff(a.batch, a.seq, a.steps, a.one_mesh, a.dispatch, a.profile)
+            r = run_jaxdiff(a.batch, a.seq, a.steps, a.one_mesh, a.dispatch, a.profile, a.shape, a.layers, a.dtype,
+                            a.attention_impl, a.grouped_impl)
             prof = r.pop("profile")
             if prof:
                 print_profile(prof)
             print(json.dumps(r))
         else:
-            print(json.dumps(run_torch(a.batch, a.seq, a.steps)))
+            print(json.dumps(run_torch(a.batch, a.seq, a.steps, a.shape, a.layers, a.dtype)))
         return 0
     if a.mesh:
         return compare_meshes(a)
+    hf = hf_config(a.shape, a.layers)
+    flops = model_flops_per_step(hf, a.batch, a.seq)
     results = []
-    for side in ("jaxdiff", "torch"):
-        out = subprocess.run([sys.executable, __file__, "--only", side, "--batch", str(a.batch), "--seq", str(a.seq),
-                              "--steps", str(a.steps)], capture_output=True, text=True, env=os.environ.copy())
+    for side in a.side or ["jaxdiff", "torch"]:
+        t0 = time.perf_counter()
+        try:
+            out = subprocess.run([sys.executable, __file__, *_side_args(side), "--batch", str(a.batch), "--seq",
+                                  str(a.seq), "--steps", str(a.steps), *shape_args], capture_output=True, text=True,
+                                  env=os.environ.copy(), timeout=a.side_timeout)
+        except subprocess.TimeoutExpired:
+            print(f"side {side} ran past --side_timeout {a.side_timeout:.0f} s: skipped", file=sys.stderr)
+            continue
         if out.returncode:
-            print(out.stderr[-3000:], file=sys.stderr)
-            return 1
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    jd, ref = results
-    print(f"Qwen3-MoE {jd['params_m']:.1f}M params, {CONFIG['num_experts']} experts top-{CONFIG['num_experts_per_tok']}, "
-          f"batch {a.batch} x seq {a.seq}, LoRA r={RANK} q/k/v/o, LLaDA loss, bidirectional, AdamW, float32, CPU")
-    print(f"{'':32s} {'step s':>8s} {'tokens/s':>10s} {'peak RSS MB':>12s}")
+            print(f"side {side} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r.update(side=side, shape=a.shape, layers=hf["num_hidden_layers"], batch=a.batch, seq=a.seq, dtype=a.dtype,
+                 model_tflops_per_step=flops / 1e12, wall_s=time.perf_counter() - t0)
+        peak = a.peak_tflops or (989.0 if r.get("backend") in ("gpu", "cuda") else None)
+        r["mfu"] = flops / r["step_s"] / (peak * 1e12) if peak else None
+        results.append(r)
+        print(f"  {side}: {r['step_s']:.4f} s/step ({r['wall_s']:.0f} s with start and compile)", file=sys.stderr)
+        if a.json_out:
+            with open(a.json_out, "a") as f:
+                f.write(json.dumps(r) + "\n")
+    if not results:
+        return 1
+    r0 = results[0]
+    print(f"{a.shape} ({r0['layers']} layers, {r0['params_m']:.1f}M frozen params), batch {a.batch} x seq {a.seq}, "
+          f"{a.dtype}, LoRA r={RANK} q/k/v/o, LLaDA loss, bidirectional, AdamW; {r0['device']}; "
+          f"{flops / 1e12:.2f} model TFLOP per step (frozen base: 4N + attention)")
+    print(f"{'':58s} {'step s':>8s} {'tokens/s':>10s} {'TFLOP/s':>8s} {'MFU':>6s} {'peak MB':>9s}")
     for r in results:
-        print(f"{r['name']:32s} {r['step_s']:8.3f} {r['tokens_per_s']:10.1f} {r['peak_rss_mb']:12.0f}")
-    print(f"ratio jaxdiff/reference: tokens/s x{jd['tokens_per_s'] / ref['tokens_per_s']:.2f}, "
-          f"peak RSS x{jd['peak_rss_mb'] / ref['peak_rss_mb']:.2f} (jaxdiff compile {jd['compile_s']:.1f} s, excluded)")
-    return 0
+        mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "     -"
+        print(f"{r['name'][:58]:58s} {r['step_s']:8.4f} {r['tokens_per_s']:10.1f} "
+              f"{flops / r['step_s'] / 1e12:8.2f} {mfu} {r['peak_mb']:9.0f}")
+    jd = next((r for r in results if r["side"].startswith("jaxdiff")), None)
+    ref = next((r for r in results if r["side"] == "torch"), None)
+    if jd and ref:
+        print(f"ratio jaxdiff/reference: tokens/s x{jd['tokens_per_s'] / ref['tokens_per_s']:.2f}, "
+              f"peak memory x{jd['peak_mb'] / ref['peak_mb']:.2f} ({jd['peak_kind']} vs {ref['peak_kind']}; "
+              f"jaxdiff compile {jd['compile_s']:.1f} s, excluded)")
+    return 0 if len(results) == len(a.side or [0, 0]) else 1
 
 
 def compare_meshes(a) -> int:
