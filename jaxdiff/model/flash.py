@@ -50,6 +50,14 @@ MAX_BATCH_GROUPS = 8          # a call runs its batch as up to this many indepen
 GROUP_TILE_ELEMENTS = 1 << 19  # ... the fewest that bring a group's score tile to <= 2 MiB of float32
 
 
+def tile_size(length: int, chunk: int) -> int:
+    """Rows per tile when `length` rows are cut into ceil(length / chunk) tiles of near-equal size:
+    the rows pad by fewer than the number of tiles, never up to a whole `chunk` (528 keys at chunk 512
+    are 2 tiles of 264, not 2 of 512: x0 ⊕ xt of a 264-token row spent half its attention on padding)."""
+    n = -(-length // chunk)
+    return -(-length // n)
+
+
 def batch_groups(b: int, tile_per_row: int) -> int:
     """Groups a batch of b rows is split into: the fewest (a divisor of b, at most MAX_BATCH_GROUPS)
     whose score tile [b / groups, N, Cq, Ck] (tile_per_row = N * Cq * Ck elements per row) fits
@@ -63,10 +71,12 @@ def batch_groups(b: int, tile_per_row: int) -> int:
 def flash_attention(q, k, v, q_rank, k_rank, k_valid, q_noisy=None, k_noisy=None, bias=None, *,
                     q_chunk: int, k_chunk: int) -> jax.Array:
     """q [B, Q, N, H] over k, v [B, S, K, H] under the visibility rule -> [B, Q, N, H].
-    bias [B, 1, Q, S] or None (additive, differentiable). Chunks are clipped to the lengths.
+    bias [B, 1, Q, S] or None (additive, differentiable). Chunks are balanced over the lengths
+    (`tile_size`: at most q_chunk / k_chunk rows a tile).
     The batch runs as `batch_groups` independent groups (each its own tiles and custom VJP)."""
     b, nq, s_len = q.shape[0], q.shape[1], k.shape[1]
-    groups = batch_groups(b, q.shape[2] * min(q_chunk, nq) * min(k_chunk, s_len))
+    q_chunk, k_chunk = tile_size(nq, q_chunk), tile_size(s_len, k_chunk)
+    groups = batch_groups(b, q.shape[2] * q_chunk * k_chunk)
     if groups > 1:   # every per-row input at the full batch, so each group takes its own rows
         if bias is not None:
             bias = jnp.broadcast_to(bias, (b, 1, nq, s_len))
