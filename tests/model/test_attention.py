@@ -74,6 +74,18 @@ def test_chunked_equals_reference_values_and_gradients(mode, past, with_bias, sp
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4, rtol=0, err_msg=f"d{name}")
 
 
+def test_tiles_are_balanced_not_padded_to_whole_chunks():
+    """As many tiles as whole chunks would need, none larger than the chunk, padding below one row per
+    tile (x0 ⊕ xt of a 264-token row: 528 keys as 2 x 264, not 2 x 512)."""
+    from jaxdiff.model.flash import tile_size
+    for length, chunk in [(528, 512), (264, 128), (37, 8), (37, 16), (512, 512), (100, 128), (1, 8), (1025, 512)]:
+        size = tile_size(length, chunk)
+        tiles = -(-length // size)
+        assert size <= chunk and tiles == -(-length // chunk), (length, chunk)
+        assert tiles * size - length < tiles, (length, chunk)
+    assert tile_size(528, 512) == 264 and tile_size(264, 128) == 88
+
+
 def test_chunked_backward_never_holds_the_score_matrix():
     """At L = S = 512 with 64-row, 128-key tiles, no buffer of the compiled forward+backward has a
     [.., 512, 512] score shape, and its temporaries stay under half of one [B, N, L, S] float32
