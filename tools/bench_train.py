@@ -8,7 +8,7 @@
     python tools/bench_train.py --shape qwen3-0.6b --dtype bfloat16 --batch 8 --seq 2048 \
         --side jaxdiff:cudnn --side jaxdiff:chunked --side torch          # on a GPU: + model TFLOP/s, MFU
     python tools/bench_train.py --shape qwen3-30b-a3b --layers 4 --dtype bfloat16 --batch 4 --seq 2048 \
-        --side jaxdiff:cudnn:ragged --side jaxdiff:chunked:ragged --side torch
+        --side jaxdiff:cudnn --side jaxdiff:cudnn:ragged --side torch   # tiled experts (the GPU default) vs ragged_dot
 
 Both sides: the same Qwen3 / Qwen3-MoE config and random weights, LoRA r=16 alpha=32 on q/k/v/o, the
 LLaDA loss (mask with probability t, CE / t over masked tokens / (B*L)) under bidirectional attention,
