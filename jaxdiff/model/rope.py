@@ -62,5 +62,7 @@ def cos_sin(positions: jax.Array, rope: RopeConfig, head_dim: int, dtype) -> tup
 def apply(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     """x [B, L, N, H] rotated by cos/sin [B, L, H] (rotate-half, as in HF)."""
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    x1, x2 = x[..., :half], x[..., half:]
+    c1, c2 = cos[:, :, None, :half], cos[:, :, None, half:]
+    s1, s2 = sin[:, :, None, :half], sin[:, :, None, half:]
+    return jnp.concatenate([x1 * c1 - x2 * s1, x2 * c2 + x1 * s2], axis=-1)
