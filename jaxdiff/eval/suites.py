@@ -6,7 +6,8 @@
     grain.MapDataset.source(suite_source("humaneval"))
 
 Names: humaneval; humaneval-infill-single, humaneval-infill-multi; synthetic-infill; synthetic-{train,
-heldout-constants, heldout-templates}; bend-synthetic-{same three}; bend-humaneval.
+heldout-constants, heldout-templates}; synthetic-train-{sft,rl} (the training split's two disjoint parts:
+SFT's rows, RL's prompts); bend-synthetic-{same five}; bend-humaneval.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from jaxdiff.eval.bend_tasks import bend_humaneval
 from jaxdiff.eval.humaneval import from_hub, humaneval, read_jsonl
 from jaxdiff.eval.infill import infilling, synthetic_infilling
-from jaxdiff.eval.synthetic import SPLITS, synthetic
+from jaxdiff.eval.synthetic import SPLITS, TRAIN_PARTS, synthetic, train_part
 from jaxdiff.eval.tasks import Task, TaskSource
 
 SUITES = {
@@ -27,6 +28,9 @@ SUITES = {
 for _split in SPLITS:
     SUITES[f"synthetic-{_split.replace('_', '-')}"] = lambda s=_split: synthetic(s)
     SUITES[f"bend-synthetic-{_split.replace('_', '-')}"] = lambda s=_split: synthetic(s, language="bend")
+for _part in TRAIN_PARTS:
+    SUITES[f"synthetic-train-{_part}"] = lambda p=_part: train_part(p)
+    SUITES[f"bend-synthetic-train-{_part}"] = lambda p=_part: train_part(p, language="bend")
 
 
 def load_suite(name: str) -> list[Task]:

@@ -4,6 +4,8 @@
     synthetic("heldout_constants")          seen templates with constants training never saw
     synthetic("heldout_templates")          templates training never saw
     synthetic(split, language="bend")       the Bend counterparts (fewer per template: see BEND_PER_TEMPLATE)
+    train_part("sft") / train_part("rl")    the training split in two disjoint parts: reference answers to
+                                            fine-tune on, and prompts whose constants SFT never saw, for RL
 
 A Python task, e.g. (prompt, then the reference completion):
 
@@ -43,6 +45,8 @@ from jaxdiff.eval.tasks import Mutant, Task
 from jaxdiff.eval.templates import HELDOUT_TEMPLATES, TEMPLATES, Template
 
 SPLITS = ("train", "heldout_constants", "heldout_templates")
+TRAIN_PARTS = ("sft", "rl")
+RL_FRACTION = 0.15   # of each template's training constants, kept from SFT for RL (train_part)
 N_MUTANTS = 3
 MIN_HIDDEN, MAX_HIDDEN = 5, 10
 U24 = 1 << 24
@@ -67,6 +71,27 @@ def synthetic(split: str = "train", seed: int = 0, language: str = "python",
 
 def splits(seed: int = 0, language: str = "python", heldout_fraction: float = 0.15) -> dict[str, list[Task]]:
     return {s: synthetic(s, seed, language, heldout_fraction) for s in SPLITS}
+
+
+def train_part(part: str, seed: int = 0, language: str = "python", heldout_fraction: float = 0.15,
+               rl_fraction: float = RL_FRACTION) -> list[Task]:
+    """One part of the training split. Per template, its training constants are shuffled (seeded
+    apart from `partition`) and `rl_fraction` of them (at least one) go to "rl", the rest to "sft": RL
+    then trains on prompts of the seen templates with constants SFT never saw, as the held-out-constant
+    split asks, and needs no reference answer for them. The two parts are disjoint and make up the
+    training split."""
+    if part not in TRAIN_PARTS:
+        raise ValueError(f"unknown part {part!r}; parts: {TRAIN_PARTS}")
+    rl_points = {}
+    for t in TEMPLATES:
+        points = partition(t, seed, heldout_fraction)["train"]
+        if points:
+            points = list(points)
+            random.Random(f"{seed}:rl-part:{t.name}").shuffle(points)
+            n = max(1, round(len(points) * rl_fraction))
+            rl_points[t.name] = {repr(sorted(p.items())) for p in points[:n]}
+    return [task for task in synthetic("train", seed, language, heldout_fraction)
+            if (repr(sorted(task.meta["constants"].items())) in rl_points[task.family]) == (part == "rl")]
 
 
 def partition(template: Template, seed: int, heldout_fraction: float) -> dict[str, list[dict]]:

@@ -54,6 +54,24 @@ def test_splits_share_no_task_and_unseen_templates_are_unseen():
         assert new_c and not new_c & train_c
 
 
+def test_training_split_parts_are_disjoint_and_rl_constants_are_new_to_sft():
+    """synthetic-train-{sft,rl}: RL's prompts are seen templates with constants SFT never saw."""
+    from jaxdiff.eval.suites import load_suite
+
+    sft, rl = load_suite("synthetic-train-sft"), load_suite("synthetic-train-rl")
+    assert sorted(t.id for t in sft + rl) == sorted(t.id for t in SPLITS["train"])
+    assert not {t.id for t in sft} & {t.id for t in rl}
+    assert 0.12 <= len(rl) / len(SPLITS["train"]) <= 0.2, len(rl)
+    assert {t.family for t in rl} == {t.family for t in sft} == {t.family for t in SPLITS["train"]}
+    key = lambda tasks: {(t.family, tuple(sorted(t.meta["constants"].items()))) for t in tasks}  # noqa: E731
+    assert not key(sft) & key(rl)
+    assert [t.id for t in S.train_part("rl", 1)] != [t.id for t in rl]      # seeded
+    bend_sft, bend_rl = load_suite("bend-synthetic-train-sft"), load_suite("bend-synthetic-train-rl")
+    assert bend_rl and not {t.id for t in bend_sft} & {t.id for t in bend_rl}
+    with pytest.raises(ValueError, match="unknown part 'test'"):
+        S.train_part("test")
+
+
 def test_prompt_shape_examples_and_hidden_asserts():
     for t in (t for v in SPLITS.values() for t in v):
         shown = re.findall(r"^    >>> (.*)$", t.prompt, re.M)
