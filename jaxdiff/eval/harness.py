@@ -156,10 +156,10 @@ class Generator:
                   temperature=s.temperature, attention=s.attention, cache=s.cache, prompt_mask=mask,
                   stop_at_eos=s.stop_at_eos, lora=s.lora)
         if s.warmup and ids.shape not in self.warm:
-            generate(self.model, ids, key=self._key(), **kw)
+            generate(self.model, ids, key=self._key(), trace=True, **kw)
             self.warm.add(ids.shape)
         t0 = time.perf_counter()
-        out, st = generate(self.model, ids, key=self._key(), **kw)
+        out, st, _ = generate(self.model, ids, key=self._key(), trace=True, **kw)   # trace: each row's steps
         dt = time.perf_counter() - t0
         out = np.asarray(out)
         p = ids.shape[1]
@@ -168,7 +168,8 @@ class Generator:
         for i in range(len(tasks)):
             ans = answer_tokens(out[i, p:], self.eos)
             res.append((self.tok.decode(ans, skip_special_tokens=True),
-                        dict(steps=st.steps, forward_passes=st.forward_passes, tokens=len(ans),
+                        dict(steps=int(st.row_steps[i]), forward_passes=int(st.row_forward_passes[i]),
+                             batch_steps=st.steps, batch_forward_passes=st.forward_passes, tokens=len(ans),
                              tokens_per_s=round(len(ans) / max(dt, 1e-9), 2), gen_ms=round(share_ms, 2),
                              batch_ms=round(1000 * dt, 2), batch=len(tasks))))
         return res

@@ -57,13 +57,17 @@ class SampleStats:
     """Per call: denoising steps taken (summed over blocks), model forward passes (denoising steps,
     cache fills and block commits; with classifier-free guidance each pass runs a doubled batch),
     answer tokens decoded by the model per row (EOS fill after an early stop not counted), the
-    answer length used, and the number of blocks actually run."""
+    answer length used, and the number of blocks actually run. With `trace` on, also per row what the
+    row needed as if sampled alone with its early stop at EOS (a batch runs until its slowest row is
+    done): row_steps [B] and row_forward_passes [B] (`row_forward_passes`), NumPy int arrays."""
 
     steps: int
     forward_passes: int
     tokens: float
     gen_length: int
     blocks: int
+    row_steps: np.ndarray | None = None
+    row_forward_passes: np.ndarray | None = None
 
     @property
     def tokens_per_forward(self) -> float:
@@ -566,4 +570,9 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
                                                                         answer, key, settings))
     stats = SampleStats(steps=int(n_steps), forward_passes=int(nfe), tokens=float(decoded), gen_length=gen_length,
                         blocks=int(blocks))
+    if trace:
+        answer_steps = np.asarray(record.step)[:, p:].reshape(b, gen_length // block_length, block_length)
+        row_blocks = np.sum(np.any(answer_steps >= 0, axis=2), axis=1)   # blocks the row committed in
+        stats.row_steps = np.asarray(record.row_steps)
+        stats.row_forward_passes = np.asarray(row_forward_passes(settings, stats.row_steps, row_blocks))
     return (out, stats, record.step) if trace else (out, stats)

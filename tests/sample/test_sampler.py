@@ -273,3 +273,22 @@ def test_bad_arguments_are_named(dense):
         generate(dense, prompts(1, 3), gen_length=8, block_length=4, cache="block")
     with pytest.raises(ValueError, match="no mask token"):
         generate(build_model(tiny.dense(), seed=0), prompts(1, 3), gen_length=8, block_length=4)
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_traced_row_steps_are_what_each_row_needs_alone(dense, cache):
+    """With trace on, SampleStats.row_steps / row_forward_passes: a batch runs until its slowest row
+    is done, each row's own count is what it takes sampled alone (the harness records these)."""
+    x_np = prompts(3, 5, seed=11)
+    kw = dict(gen_length=16, block_length=8, steps=16, policy="threshold:0.006", stop_at_eos=False, trace=True,
+              cache=cache)
+    out, stats, _ = generate(dense, x_np, **kw)
+    assert len(set(stats.row_steps.tolist())) == 3, stats.row_steps      # the rows need different counts
+    assert stats.row_steps.max() <= stats.steps
+    for i in range(3):
+        alone, st, _ = generate(dense, x_np[i:i + 1], **kw)
+        np.testing.assert_array_equal(np.asarray(alone)[0], np.asarray(out)[i])
+        assert (st.steps, st.forward_passes) == (stats.row_steps[i], stats.row_forward_passes[i])
+        assert st.row_steps.tolist() == [st.steps]
+    _, untraced = generate(dense, x_np, **{**kw, "trace": False})
+    assert untraced.row_steps is None and untraced.steps == stats.steps
