@@ -1,9 +1,12 @@
 """The main job, the whole loop: pre-train -> export the SFT rows -> SFT -> evaluate -> RL -> evaluate
-again -> the before/after table (configs/main_job.py; fields in docs/configs.md).
+again -> the before/after table (configs/main_job.py; fields in docs/configs.md). Two more stages,
+not run by default, are the control RL has to beat: `control` continues SFT from the SFT model for
+the wall time the RL stage took, and `eval_control` scores it on the same tasks.
 
     python launch/main.py --config configs/main_job.py
     python launch/main.py --config configs/main_job.py:runlocal          # every stage in tiny sizes
     python launch/main.py --config configs/main_job.py --config.stages=rl,eval_after --config.rl.rl.batches=30
+    python launch/main.py --config configs/main_job.py --config.stages=control,eval_control   # after the job
 
 Each stage runs in this process with its own launcher's code (`train.loop.train`,
 `eval.export_sft.export`, `eval.harness.run`, `rl.loop.train_rl`) in `<workdir>/<stage>/`. A stage
@@ -34,11 +37,12 @@ from jaxdiff.config import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file (configs/main_job.py)", lock_config=True)
 
-STAGES = ("pretrain", "export", "sft", "eval_before", "rl", "eval_after")
+STAGES = ("pretrain", "export", "sft", "eval_before", "rl", "eval_after", "control", "eval_control")
+EVALS = {"eval_before": "sft", "eval_after": "rl", "eval_control": "control"}   # evaluation -> the model it scores
 TOP = ("workdir", "stages", "bend", "pretrain", "export", "sft", "eval", "rl")
 WIRED = {"pretrain": ("workdir",), "sft": ("workdir", "model.checkpoint", "data.path"),
          "rl": ("workdir", "model.checkpoint"), "eval": ("checkpoint", "out_dir", "name")}
-BEND_SUITE = "bend-synthetic-train"
+BEND_SUITE = "bend-synthetic-train-rl"
 RECORD = "main_stage.json"
 EXPORT_FILE = "synthetic_train.jsonl"
 
@@ -94,6 +98,8 @@ def plan(c) -> dict:
     cfg["sft"].workdir, cfg["sft"].model.checkpoint = paths["sft"], paths["pretrain"]
     cfg["sft"].data.path = paths["export_file"]
     cfg["rl"].workdir, cfg["rl"].model.checkpoint = paths["rl"], paths["sft"]
+    cfg["control"] = copy.deepcopy(cfg["sft"])      # more SFT from the SFT model; its steps are set when it runs
+    cfg["control"].workdir, cfg["control"].model.checkpoint = paths["control"], paths["sft"]
     have_bend = shutil.which("bend") is not None and shutil.which("hvm") is not None
     if c.bend == "on" and not have_bend:
         raise MainJobError("config.bend='on': bend and hvm are not on PATH (cargo install hvm@2.0.22 bend-lang@0.2.38)")
@@ -123,7 +129,7 @@ def plan(c) -> dict:
     if not suites:
         raise MainJobError("config.eval.suite is empty (comma-separated suites, scored before and after RL)")
     tasks = {}
-    for stage, model in (("eval_before", paths["sft"]), ("eval_after", paths["rl"])):
+    for stage, model in ((ev, paths[m]) for ev, m in EVALS.items()):
         cfg[stage] = {}
         for suite in suites:
             e = copy.deepcopy(c.eval)
@@ -163,10 +169,27 @@ def eval_done(p: dict, stage: str, suite: str) -> bool:
     return all(counts.get(t, 0) >= e.n_samples for t in p["tasks"][suite])
 
 
+def control_steps(p: dict) -> int | None:
+    """The control's SFT steps: as many as fit in the RL stage's wall time at the SFT stage's own
+    seconds per step (its compile and evaluations included, as the control's are); fixed in the
+    control's record when it first runs. None until the SFT and RL stages have run."""
+    fixed = read_record(p, "control").get("steps")
+    if fixed:
+        return int(fixed)
+    sft, rl = read_record(p, "sft"), read_record(p, "rl")
+    done = newest_step(p["paths"]["sft"])
+    if not (sft["runs"] and rl["runs"] and rl.get("complete") and done > 0):
+        return None
+    return max(1, int(rl["wall_s"] / (sft["wall_s"] / done)))
+
+
 def is_done(p: dict, stage: str) -> bool:
     cfg, paths = p["configs"], p["paths"]
     if stage in ("pretrain", "sft"):
         return newest_step(paths[stage]) >= cfg[stage].train.steps
+    if stage == "control":
+        steps = control_steps(p)
+        return steps is not None and newest_step(paths[stage]) >= steps
     if stage == "rl":
         return newest_step(paths["rl"]) >= cfg["rl"].rl.batches
     if stage == "export":
@@ -197,8 +220,21 @@ def _train(p, stage, rec):
     out = train(p["configs"][stage], progress=True)
     rec.update(step=out["step"], eval={k: round(v, 4) for k, v in out["eval"].items()})
     if not out["stopped"]:
-        print(f"[{stage}] {summary_line(out)}\n[{stage}] diffusion sample:\n{out['sample']}", flush=True)
+        print(f"[{stage}] {summary_line(out)}\n[{stage}] {out['sample_kind']} sample:\n{out['sample']}", flush=True)
     return out["stopped"]
+
+
+def _control(p, stage, rec):
+    steps = control_steps(p)
+    if steps is None:
+        raise MainJobError("config.stages: the control stage continues SFT for the RL stage's wall time; "
+                           "run the sft and rl stages first")
+    c = p["configs"]["control"]
+    c.train.steps = c.optimizer.total_steps = steps
+    c.train.eval_every = c.train.checkpoint_every = steps
+    rec.update(steps=steps, rl_wall_s=round(read_record(p, "rl")["wall_s"], 2))
+    write_record(p, stage, rec)        # the step count is fixed from here on, for a resumed control
+    return _train(p, stage, rec)
 
 
 def _export(p, stage, rec):
@@ -238,7 +274,7 @@ def _rl(p, stage, rec):
 
 
 RUNNERS = {"pretrain": _train, "export": _export, "sft": _train, "eval_before": _eval, "rl": _rl,
-           "eval_after": _eval}
+           "eval_after": _eval, "control": _control, "eval_control": _eval}
 
 
 class _Signals:
@@ -305,11 +341,20 @@ def run(c, echo=print) -> dict:
 
 
 # ----------------------------------------------------------------------------- the report
+def eval_records(p: dict, stage: str, suite: str) -> list[dict]:
+    """The evaluation's result records of the suite's planned tasks (resumed runs included)."""
+    from jaxdiff.eval import verdicts
+    from jaxdiff.eval.harness import output_paths
+
+    e = p["configs"][stage][suite]
+    ids = set(p["tasks"][suite])
+    return [r for _, r in verdicts.read_jsonl(output_paths(e.out_dir, e.name)["results"]) if r["task_id"] in ids]
+
+
 def eval_metrics(p: dict, stage: str) -> dict | None:
     """pass@1 per suite and the sampler's cost over every suite, from the evaluation's result files
     (all of them, resumed runs included); None until the evaluation is complete."""
     from jaxdiff.eval import verdicts
-    from jaxdiff.eval.harness import output_paths
 
     if not all(eval_done(p, stage, s) for s in p["suites"]):
         return None
@@ -317,9 +362,8 @@ def eval_metrics(p: dict, stage: str) -> dict | None:
     out = {"suites": {}}
     steps = fwd = tokens = n = new = 0
     wall = 0.0
-    for suite, e in p["configs"][stage].items():
-        ids = set(p["tasks"][suite])
-        recs = [r for _, r in verdicts.read_jsonl(output_paths(e.out_dir, e.name)["results"]) if r["task_id"] in ids]
+    for suite in p["configs"][stage]:
+        recs = eval_records(p, stage, suite)
         summ = verdicts.summary(recs, ks=(1,))
         out["suites"][suite] = {"pass@1": summ["pass@1"], "tasks": summ["tasks"], "passed": summ["passed"]}
         steps += sum(r.get("steps", 0) for r in recs)
@@ -332,6 +376,24 @@ def eval_metrics(p: dict, stage: str) -> dict | None:
     out["tokens_per_forward"] = round(tokens / fwd, 3) if fwd else None
     # generated, sanitised and judged by the pool, per second of the evaluation (compiles included)
     out["completions_per_s"] = round(new / wall, 3) if wall else None
+    return out
+
+
+def paired(p: dict, stage: str) -> dict | None:
+    """Per suite, the same tasks scored by the SFT model (eval_before) and by `stage`'s model: tasks
+    gained and lost, and the mean denoising steps of the tasks both pass (greedy, one sample per
+    task). None until both evaluations are complete."""
+    if not all(eval_done(p, s, x) for s in ("eval_before", stage) for x in p["suites"]):
+        return None
+    out = {}
+    for suite in p["suites"]:
+        before, after = ({r["task_id"]: r for r in eval_records(p, s, suite)} for s in ("eval_before", stage))
+        ok = lambda recs, t: bool(recs[t].get("passed"))   # noqa: E731
+        both = [t for t in before if t in after and ok(before, t) and ok(after, t)]
+        mean = lambda recs: round(sum(recs[t].get("steps", 0) for t in both) / len(both), 2) if both else None  # noqa: E731
+        out[suite] = {"gained": sum(not ok(before, t) and ok(after, t) for t in before if t in after),
+                      "lost": sum(ok(before, t) and not ok(after, t) for t in before if t in after),
+                      "both_passed": len(both), "steps_both_before": mean(before), "steps_both_after": mean(after)}
     return out
 
 
@@ -361,16 +423,30 @@ def _fmt(x, fmt):
 
 
 def tables(report: dict) -> str:
-    """The before/after table and the stages' wall times, as markdown."""
-    b, a = report["before"] or {}, report["after"] or {}
-    lines = ["| | before RL | after RL |", "| --- | ---: | ---: |"]
+    """The before/after table (a control column once the control is evaluated) and the stages' wall
+    times, as markdown."""
+    cols = [("before RL", report["before"] or {}, None), ("after RL", report["after"] or {}, report["paired"]["after"])]
+    if report["control"]:
+        cols.append(("control: more SFT, RL's wall time", report["control"], report["paired"]["control"]))
+    lines = ["| | " + " | ".join(c[0] for c in cols) + " |", "| --- |" + " ---: |" * len(cols)]
     for suite in report["suites"]:
-        cell = lambda m: (_fmt(100 * m["suites"][suite]["pass@1"], "{:.1f}%")   # noqa: E731
-                          + f" ({m['suites'][suite]['passed']}/{m['suites'][suite]['tasks']})" if m else "not run")
-        lines.append(f"| greedy pass@1, {suite} | {cell(b)} | {cell(a)} |")
+        def cell(m, pair):
+            if not m:
+                return "not run"
+            x = m["suites"][suite]
+            out = _fmt(100 * x["pass@1"], "{:.1f}%") + f" ({x['passed']}/{x['tasks']})"
+            return out + (f", +{pair[suite]['gained']} / -{pair[suite]['lost']}" if pair else "")
+        lines.append(f"| greedy pass@1, {suite} | " + " | ".join(cell(m, pair) for _, m, pair in cols) + " |")
     for key, label, fmt in ROWS:
-        lines.append(f"| {label} | {_fmt(b.get(key), fmt)} | {_fmt(a.get(key), fmt)} |")
-    lines += ["", "| stage | wall time | this run |", "| --- | ---: | --- |"]
+        lines.append(f"| {label} | " + " | ".join(_fmt(m.get(key), fmt) for _, m, _ in cols) + " |")
+    for suite in report["suites"]:
+        pair = report["paired"]["after"]
+        if pair and pair[suite]["both_passed"]:
+            x = pair[suite]
+            lines.append(f"| mean steps, {suite} tasks passed before and after RL ({x['both_passed']}) | "
+                         f"{x['steps_both_before']:.1f} | {x['steps_both_after']:.1f} |" + " |" * (len(cols) - 2))
+    lines += ["", "+n / -m: tasks whose verdict changed against before RL (the same tasks, greedy), passing now / "
+              "failing now.", "", "| stage | wall time | this run |", "| --- | ---: | --- |"]
     for s in STAGES:
         st = report["stages"][s]
         lines.append(f"| {s} | {_fmt(st['wall_s'], '{:.1f} s')} | {st['status']} |")
@@ -389,6 +465,8 @@ def write_report(p: dict, status: dict, echo=print) -> dict:
     report = {"workdir": w, "suites": p["suites"], "bend": p["bend"],
               "rl_suites": p["configs"]["rl"].rl.suites + (f",{p['configs']['rl'].rl.bend_suites}" if p["bend"] else ""),
               "before": eval_metrics(p, "eval_before"), "after": eval_metrics(p, "eval_after"),
+              "control": eval_metrics(p, "eval_control"),
+              "paired": {"after": paired(p, "eval_after"), "control": paired(p, "eval_control")},
               "rl": rl_curves(p), "stages": stages,
               "total_wall_s": round(sum(x["wall_s"] or 0.0 for x in stages.values()), 2)}
     md = tables(report)
@@ -419,10 +497,14 @@ def plot(report: dict, out: str) -> None:
         ax.grid(alpha=0.3)
     ax = axes[3]
     x = range(len(report["suites"]))
-    for i, (when, m) in enumerate((("before RL", report["before"]), ("after RL", report["after"]))):
-        ax.bar([j + 0.4 * i for j in x], [100 * m["suites"][s]["pass@1"] if m else 0 for s in report["suites"]],
-               width=0.4, label=when)
-    ax.set_xticks([j + 0.2 for j in x], [s.replace("synthetic-", "") for s in report["suites"]])
+    bars = [("before RL", report["before"]), ("after RL", report["after"])]
+    if report["control"]:
+        bars.append(("control (more SFT)", report["control"]))
+    width = 0.8 / len(bars)
+    for i, (when, m) in enumerate(bars):
+        ax.bar([j + width * i for j in x], [100 * m["suites"][s]["pass@1"] if m else 0 for s in report["suites"]],
+               width=width, label=when)
+    ax.set_xticks([j + 0.4 - width / 2 for j in x], [s.replace("synthetic-", "") for s in report["suites"]])
     ax.set_title("greedy pass@1 (%)")
     ax.legend()
     fig.tight_layout()

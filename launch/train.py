@@ -46,7 +46,7 @@ def main(argv):
         return
     if lead:
         print(summary_line(out))
-        print("diffusion sample:\n" + out["sample"])
+        print(f"{out['sample_kind']} sample:\n" + out["sample"])
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import USER_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = ("pretrain", "export", "sft", "eval_before", "rl", "eval_after")
+STAGES = ("pretrain", "export", "sft", "eval_before", "rl", "eval_after")      # the default run
+CONTROL = ("control", "eval_control")                                         # on request, after it
 SUITES = ("synthetic-heldout-constants", "synthetic-heldout-templates")
 
 
@@ -39,6 +40,9 @@ def test_runlocal_runs_every_stage_then_skips_them(tmp_path):
     assert "2" in os.listdir(tmp_path / "rl" / "checkpoints")
     rows = (tmp_path / "export" / "synthetic_train.jsonl").read_text().splitlines()
     assert len(rows) > 1000 and {"id", "prompt", "answer"} <= set(json.loads(rows[0]))
+    from jaxdiff.eval.suites import load_suite    # SFT never sees the constants RL trains on
+    rl_ids = {t.id for t in load_suite("synthetic-train-rl")}
+    assert rl_ids and not rl_ids & {json.loads(r)["id"] for r in rows}
     for stage in ("eval_before", "eval_after"):
         for suite in SUITES:
             results = (tmp_path / stage / f"{suite}_samples.jsonl_results.jsonl").read_text().splitlines()
@@ -56,6 +60,13 @@ def test_runlocal_runs_every_stage_then_skips_them(tmp_path):
     assert all(len(report["rl"][k]) == 2 for k in ("reward", "pass_rate", "steps_used"))
     for stage in STAGES:
         assert report["stages"][stage]["status"] == "ran" and report["stages"][stage]["wall_s"] >= 0
+    for stage in CONTROL:
+        assert report["stages"][stage]["status"] == "not selected" and report["stages"][stage]["wall_s"] is None
+    assert report["control"] is None and report["paired"]["control"] is None
+    for suite in SUITES:
+        pair = report["paired"]["after"][suite]
+        passed = {w: report[w]["suites"][suite]["passed"] for w in ("before", "after")}
+        assert passed["after"] - passed["before"] == pair["gained"] - pair["lost"]
     assert report["total_wall_s"] > 0 and report["bend"] is False
     md = (tmp_path / "main_job.md").read_text()
     for line in (f"| greedy pass@1, {SUITES[0]} |", f"| greedy pass@1, {SUITES[1]} |", "| mean denoising steps |",
@@ -68,10 +79,24 @@ def test_runlocal_runs_every_stage_then_skips_them(tmp_path):
     for stage in STAGES:
         assert f"[{stage}] skipped: already complete" in second.stdout
     again = json.loads((tmp_path / "main_job.json").read_text())
-    assert {s["status"] for s in again["stages"].values()} == {"skipped"}
+    assert {again["stages"][s]["status"] for s in STAGES} == {"skipped"}
     assert again["before"] == report["before"] and again["after"] == report["after"]
     assert second_s < min(60.0, first_s / 2), (first_s, second_s)
     print(f"first run {first_s:.1f} s, second run {second_s:.1f} s")
+
+    # the control: SFT continued from the SFT model for the RL stage's wall time, scored on the same tasks
+    third, _ = _main(f"--config.workdir={tmp_path}", "--config.stages=" + ",".join(CONTROL))
+    assert third.returncode == 0, third.stderr[-3000:]
+    report = json.loads((tmp_path / "main_job.json").read_text())
+    rec = json.loads((tmp_path / "control" / "main_stage.json").read_text())
+    sft_s_per_step = report["stages"]["sft"]["wall_s"] / 2
+    assert rec["steps"] == max(1, int(report["stages"]["rl"]["wall_s"] / sft_s_per_step))
+    assert os.listdir(tmp_path / "control" / "checkpoints") == [str(rec["steps"])]
+    assert report["stages"]["control"]["status"] == "ran" and report["stages"]["eval_control"]["status"] == "ran"
+    for suite in SUITES:
+        assert report["control"]["suites"][suite]["tasks"] == 2
+        assert set(report["paired"]["control"][suite]) >= {"gained", "lost"}
+    assert "control: more SFT, RL's wall time" in third.stdout
 
 
 def test_bad_keys_and_values_are_refused_by_name(tmp_path):
@@ -94,4 +119,7 @@ def test_a_stage_subset_runs_alone_and_bend_joins_when_on_path(tmp_path):
     assert report["before"] is None and "not run" in out.stdout
     bend = shutil.which("bend") is not None and shutil.which("hvm") is not None
     assert report["bend"] is bend
-    assert report["rl_suites"] == "synthetic-train" + (",bend-synthetic-train" if bend else "")
+    assert report["rl_suites"] == "synthetic-train-rl" + (",bend-synthetic-train-rl" if bend else "")
+    # the control continues SFT for the RL stage's wall time: refused before RL has run, naming why
+    out, _ = _main("--config.stages=control", f"--config.workdir={tmp_path}", timeout=120)
+    assert out.returncode == 2 and "run the sft and rl stages first" in out.stderr.strip().splitlines()[-1], out.stderr

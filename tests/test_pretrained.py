@@ -1,45 +1,27 @@
 """The main job's pre-trained tiny coder (its pre-training stage, trained once in this module; the
-module runs first, see tests/conftest.py): it beats a unigram baseline on held-out masked tokens,
-threshold decoding saves forward passes where it is confident, and the sampling CLI as a user runs it.
+module runs first, see tests/conftest.py) and that model continued with the masked-diffusion
+objective: the AR model beats a unigram baseline on held-out next tokens, the diffusion model on
+held-out masked tokens, threshold decoding saves forward passes where the diffusion model is
+confident, and the sampling CLI as a user runs it.
 
-Masked-token accuracy. Measured on the 2-core CI machine (2026-11-24): held-out masked-token accuracy 0.1202 after 900
-steps (300 AR, 600 diffusion; configs/tiny_coder.py) against a unigram baseline of 0.0342 (always
-predicting the most frequent training token, '.'); the tiny coder's curve reached 0.079 after 600
-steps (300 AR). The main job pre-trained 600 steps (200 AR, 400 diffusion) until 2026-11-30, 400
-(150 AR, 250 diffusion) since, to fit its 5-minute budget: held-out masked accuracy 0.0686 against
-a baseline of 0.0194 (the most frequent token of the main job's tokenizer, 7 spaces), measured on
-2026-11-30; threshold 0.5 then took 746 of 768 passes, same text and fewer passes on prompt 11.
-The test asks for at least twice the baseline and 4 points above it.
+Since 2026-11-30 (evening) the main job pre-trains autoregressively only (300 steps): SFT from that
+start reached 17.2% greedy pass@1 on the held-out constants after 1,200 steps, against 4.3% from
+300 AR + 100 masked-diffusion steps (same SFT; docs/benchmarks.md). The diffusion checks therefore
+run on a DIFFUSION_STEPS-step masked-diffusion continuation of the AR model, the way a user adapts an
+AR checkpoint. Both accuracy tests ask for at least twice the baseline (always predicting the most
+frequent training token) and 4 points above it; measured values are in the stop notes and
+docs/benchmarks.md.
 
-Threshold decoding (measured on the 900-step configs/tiny_coder.py model, which this module
-used until 2026-11-30). Measured on the 2-core CI machine, gen_length 64, block_length 16, no cache, every prompt
-left-padded to one length: fixed-step low_confidence takes 64 forward passes per prompt, 768 for
-the 12 prompts. Threshold 0.3 took 640 of them (83%) on the model the 2026-11-24 build trained, and
-718 (93.5%; 62, 64, 61, 63, 63, 63, 62, 52, 59, 50, 63, 56) on the model the 2026-11-29 build
-trains (masked accuracy 0.1245 vs 0.1202; the training numerics changed with the layer refactor:
-grouped experts pad once, the target logit is gathered through the unmerged apply), with output
-identical to fixed-step with fewer passes on prompts 0, 3, 4, 6, 7 and 10. The tiny model is rarely
-more than 30% sure of a token, so how much threshold decoding saves depends on the trained model;
-the test asks for fewer passes in total, never more on any prompt, and identical output with
-fewer passes on at least one prompt; threshold 1.0 must reproduce fixed-step exactly (one token
-per step). (Until 2026-11-29 it also asked for at most 90% of the passes in total: the retrained
-model does not reach that, see the stop note.)
-
-Threshold 0.5 since 2026-11-30 (0.3 until then, with identical output on >= 3 prompts). The model
-the main job trains is model-dependent in how confident it is, and the 2026-11-30 builds train far
-more confident ones: they repeat tokens ('0000', '1, 1, 1,') and are sure of the repeats, so a low
-threshold commits several at once and changes the text. Measured per prompt (passes, same text as
-fixed-step) on two models: trained by the build with the new MoE kernel (A, held-out masked
-accuracy 0.085) and by the final build with the flash attention too (B); the 2026-11-29 sampler
-gives A's counts exactly, so the difference is the trained model, not the decoding:
-  0.3: A 573 of 768 passes, same text with fewer passes on prompt 10 only; B 25, 57, 22, 22, 57, 24,
-       ... passes, on no prompt the same text.
-  0.5: A 744 passes, same and fewer on prompts 0, 7, 10; B 702 passes, same and fewer on prompt 0.
-  0.7 and 0.9: 768 on both (never that sure).
-So at 0.5 the test asks for fewer passes in total, never more on any prompt, and identical output
-with fewer passes on at least one prompt; threshold 1.0 must reproduce fixed-step exactly. That
-exactly the tokens over the threshold are committed (or the most confident one) is tested on a
-worked case, tests/sample/test_sampler.py::test_threshold_commit_rule.
+History of the threshold test. Until 2026-11-30 the diffusion checks ran on the main job's own
+diffusion pre-training (400 steps, 150 AR; held-out masked accuracy 0.0686 vs 0.0194); earlier on
+the 900-step configs/tiny_coder.py model (0.1202 vs 0.0342). How much threshold decoding saves
+depends on the trained model: the 2026-11-30 builds trained confident models that repeat tokens
+('0000', '1, 1, 1,') and are sure of the repeats, so a low threshold (0.3) commits several at once
+and changes the text. At 0.5 the test asks for fewer passes in total, never more on any prompt
+(gen_length 64, block_length 16, no cache: 64 passes each with fixed steps), and identical output
+with fewer passes on at least one prompt; threshold 1.0 must reproduce fixed-step exactly (one
+token per step). That exactly the tokens over the threshold are committed (or the most confident
+one) is tested on a worked case, tests/sample/test_sampler.py::test_threshold_commit_rule.
 """
 import os
 import re
@@ -56,6 +38,7 @@ from jaxdiff.sample.load import load_for_sampling
 from tests.conftest import USER_XLA_FLAGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIFFUSION_STEPS = 200
 PROMPTS = ["def fibonacci(n):\n", "import os\nimport sys\n", "class Foo:\n    def __init__(self):\n        self.",
            "    for i in range(10):\n        print(i)\n", "import os\nimport sys\n\n",
            "class Stack:\n    def __init__(self):\n        self.", "def read_lines(path):\n    with open(path) as f:\n",
@@ -79,8 +62,24 @@ def trained_tiny_coder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny(trained_tiny_coder):
-    return load_for_sampling(trained_tiny_coder[0])
+def diffusion_from_ar(trained_tiny_coder, tmp_path_factory):
+    """The pre-trained (autoregressive) tiny coder continued with the masked-diffusion objective for
+    DIFFUSION_STEPS steps, as a user adapts an AR checkpoint (docs/configs.md): (workdir, stdout)."""
+    workdir = tmp_path_factory.mktemp("diffusion_from_ar")
+    out = subprocess.run([sys.executable, "launch/train.py", "--config", "configs/tiny_coder.py",
+                          f"--config.model.checkpoint={trained_tiny_coder[0]}", f"--config.workdir={workdir}",
+                          "--config.objective.ar_only_steps=0", f"--config.train.steps={DIFFUSION_STEPS}",
+                          f"--config.optimizer.total_steps={DIFFUSION_STEPS}", "--config.optimizer.warmup_steps=20",
+                          f"--config.train.eval_every={DIFFUSION_STEPS}", f"--config.train.checkpoint_every={DIFFUSION_STEPS}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=2400,
+                         env={**os.environ, "XLA_FLAGS": USER_XLA_FLAGS})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return str(workdir), out.stdout
+
+
+@pytest.fixture(scope="module")
+def tiny(diffusion_from_ar):
+    return load_for_sampling(diffusion_from_ar[0])
 
 
 @pytest.mark.slow
@@ -112,8 +111,8 @@ def test_threshold_saves_forward_passes_where_the_model_is_confident(tiny):
 
 
 @pytest.mark.slow
-def test_sample_cli_streams_blocks_and_reports_speed(trained_tiny_coder):
-    workdir = trained_tiny_coder[0]
+def test_sample_cli_streams_blocks_and_reports_speed(diffusion_from_ar):
+    workdir = diffusion_from_ar[0]
     out = subprocess.run([sys.executable, "launch/sample.py", "--config", "configs/sample.py",
                           f"--config.checkpoint={workdir}", "--config.prompt=def fibonacci(n):\n",
                           "--config.block_length=16", "--config.policy=threshold:0.3", "--config.cache=dual"],
@@ -148,15 +147,29 @@ def unigram_baseline(workdir: str, c) -> tuple[float, str]:
 
 @pytest.mark.slow
 def test_tiny_main_job_beats_the_unigram_baseline(trained_tiny_coder):
+    """The main job's (autoregressive) pre-training predicts held-out next tokens."""
     from configs import main_job
     workdir, stdout = trained_tiny_coder
-    m = re.search(r"\[pretrain\] step (\d+): held-out loss ([\d.]+), held-out masked-token accuracy ([\d.]+)",
-                  stdout)
+    m = re.search(r"\[pretrain\] step (\d+): held-out loss ([\d.]+), held-out next-token accuracy ([\d.]+)", stdout)
     assert m, stdout[-2000:]
     steps, acc = int(m.group(1)), float(m.group(3))
-    assert "[pretrain] diffusion sample:\ndef fibonacci(n):" in stdout
+    assert "[pretrain] AR sample:\ndef fibonacci(n):" in stdout
     c = main_job.get_config().pretrain
     baseline, token = unigram_baseline(workdir, c)
+    print(f"held-out next-token accuracy {acc:.4f} vs unigram baseline {baseline:.4f} ({token!r})")
+    assert steps == c.train.steps == 300
+    assert acc >= 2 * baseline and acc - baseline >= 0.04, (acc, baseline)
+
+
+@pytest.mark.slow
+def test_diffusion_from_the_ar_start_beats_the_unigram_baseline(trained_tiny_coder, diffusion_from_ar):
+    """DIFFUSION_STEPS masked-diffusion steps from the AR start predict held-out masked tokens."""
+    workdir, stdout = diffusion_from_ar
+    m = re.search(r"step (\d+): held-out loss ([\d.]+), held-out masked-token accuracy ([\d.]+)", stdout)
+    assert m, stdout[-2000:]
+    assert int(m.group(1)) == DIFFUSION_STEPS and "diffusion sample:\ndef fibonacci(n):" in stdout
+    from configs import main_job
+    baseline, token = unigram_baseline(trained_tiny_coder[0], main_job.get_config().pretrain)   # its tokenizer
+    acc = float(m.group(3))
     print(f"held-out masked-token accuracy {acc:.4f} vs unigram baseline {baseline:.4f} ({token!r})")
-    assert steps == c.train.steps == 400
     assert acc >= 2 * baseline and acc - baseline >= 0.04, (acc, baseline)

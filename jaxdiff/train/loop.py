@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxdiff import builder
 from jaxdiff.checkpoint import workdir as wd
+from jaxdiff.config import schema
 from jaxdiff.data import pipeline, sources
 from jaxdiff.parallel import make_mesh, use_mesh
 from jaxdiff.train import config as cfg_lib
@@ -210,21 +211,40 @@ def _flops_per_token(run: Run) -> float:
 
 
 def summary_line(out: dict) -> str:
-    """`train`'s result as one line: the step, held-out loss and (diffusion) masked-token accuracy."""
+    """`train`'s result as one line: the step, held-out loss, (diffusion) masked-token accuracy and
+    (AR) next-token accuracy, each when the run trains that head."""
     ev = out["eval"]
     acc = next((v for k, v in ev.items() if k.endswith("masked_acc")), None)
+    ar_acc = next((v for k, v in ev.items() if k.endswith("ar/acc")), None)
     return (f"step {out['step']}: held-out loss {ev.get('loss', float('nan')):.4f}"
-            + (f", held-out masked-token accuracy {acc:.4f}" if acc is not None else ""))
+            + (f", held-out masked-token accuracy {acc:.4f}" if acc is not None else "")
+            + (f", held-out next-token accuracy {ar_acc:.4f}" if ar_acc is not None else ""))
+
+
+def sample_kind(c) -> str:
+    """"AR" for a run that trains the autoregressive objective alone (its model is sampled left to
+    right), else "diffusion"."""
+    heads = schema.active_heads(c)
+    return "AR" if heads["ar"] and not heads["diffusion"] and not heads["length"] else "diffusion"
 
 
 def sample_text(run: Run) -> str:
+    """config.sample's prompt continued by the model: the block diffusion sampler, or for an AR-only
+    run greedy (temperature `sample.temperature`) left-to-right decoding of `sample.gen_length` tokens."""
+    from jaxdiff.sample.ar import ar_generate
     from jaxdiff.sample.sampler import generate
 
     s = run.config.sample
     ids = run.tokenizer(s.prompt, add_special_tokens=False)["input_ids"]
     model = st.merge(run.graphdef, run.frozen, run.trainable, full_training=run.config.lora.full_training)
-    out, _ = generate(model, jnp.asarray([ids], jnp.int32), gen_length=s.gen_length, block_length=s.block_length,
-                      steps=s.steps, policy=s.policy, temperature=s.temperature, key=jax.random.key(run.config.seed))
+    key = jax.random.key(run.config.seed)
+    eos = run.tokenizer.eos_token_id
+    if sample_kind(run.config) == "AR":
+        out, _ = ar_generate(model, jnp.asarray([ids], jnp.int32), max_new_tokens=s.gen_length,
+                             temperature=s.temperature, key=key, stop_ids=() if eos is None else (eos,))
+    else:
+        out, _ = generate(model, jnp.asarray([ids], jnp.int32), gen_length=s.gen_length, block_length=s.block_length,
+                          steps=s.steps, policy=s.policy, temperature=s.temperature, key=key)
     gen = [t for t in np.asarray(out[0, len(ids):]).tolist()]
     eos = run.tokenizer.eos_token_id
     gen = gen[:gen.index(eos)] if eos in gen else gen
@@ -311,5 +331,6 @@ def train(c, *, progress: bool = True) -> dict:
             text = sample_text(run)
     if writer:
         writer.close()
-    # "sample": the diffusion sample of the last evaluation (None when stopped before one)
-    return {"step": run.step, "eval": final, "sample": text, "history": history, "stopped": stopped, "run": run}
+    # "sample": the last evaluation's sample (None when stopped before one), "sample_kind": its sampler
+    return {"step": run.step, "eval": final, "sample": text, "sample_kind": sample_kind(c), "history": history,
+            "stopped": stopped, "run": run}

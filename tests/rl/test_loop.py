@@ -239,7 +239,7 @@ def test_shipped_configs_validate_and_bad_values_and_keys_are_named(env, tmp_pat
     refused(r"config\.rl\.steps=3", rl__steps=3, rl__gen_length=16, rl__block_length=8)
     refused(r"config\.model\.checkpoint is empty", model__checkpoint="")
     refused(r"config\.lora\.full_training", lora__full_training=True)
-    for spec in ("rl_tiny.py", "rl_tiny.py:runlocal", "rl_qwen3_coder_30b_a3b.py"):   # the shipped configs
+    for spec in ("rl_tiny.py", "rl_tiny.py:runlocal", "rl_tiny.py:speed", "rl_qwen3_coder_30b_a3b.py"):   # shipped
         c = load_config_file(os.path.join(ROOT, "configs", spec))
         c.model.checkpoint = c.model.checkpoint or "/ckpt/placeholder"
         rl_config.validate(c)
