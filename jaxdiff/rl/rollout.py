@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from jaxdiff.sample.sampler import SamplerSettings, as_batch, row_forward_passes, sample_tokens, sampler_settings
+from jaxdiff.sample.sampler import (SamplerSettings, as_batch, row_blocks_run, row_forward_passes, sample_tokens,
+                                    sampler_settings)
 
 
 @struct.dataclass
@@ -101,8 +102,7 @@ def trace_rollout(model, prompt_ids, prompt_mask, key, s: SamplerSettings, group
         first = jnp.min(jnp.where(tokens == s.eos_id, col, s.gen_length), axis=1)
         before_eos = col <= first[:, None]
     steps_used = trace.row_steps
-    blocks = step_map.reshape(n, s.gen_length // s.block_length, s.block_length)
-    blocks_used = jnp.sum(jnp.any(blocks >= 0, axis=2), axis=1).astype(jnp.int32)   # a block run commits
+    blocks_used = row_blocks_run(s, step_map)
     return Rollout(prompt_ids=ids, prompt_mask=mask, group=jnp.arange(n, dtype=jnp.int32) // group_size,
                    tokens=tokens, committed=committed, step_map=step_map, logp=jnp.where(step_map >= 0, logp, 0.0),
                    valid=before_eos & (step_map >= 0), steps_used=steps_used,

@@ -337,6 +337,13 @@ def dual_cache(call: _Call, x, start: int, end: int, cache=None):
 CACHE_STRATEGIES = {"none": no_cache, "block": block_cache, "prefix": prefix_cache, "dual": dual_cache}
 
 
+def row_blocks_run(s: SamplerSettings, answer_steps):
+    """[B] int32: the blocks each row ran, from a trace's answer step map [B, gen_length] (a block
+    that ran committed at least one position)."""
+    blocks = answer_steps.reshape(answer_steps.shape[0], s.gen_length // s.block_length, s.block_length)
+    return jnp.sum(jnp.any(blocks >= 0, axis=2), axis=1).astype(jnp.int32)
+
+
 def row_forward_passes(s: SamplerSettings, row_steps, row_blocks):
     """Forward passes per row of a call, as if the row had been sampled alone (with early
     stop at its EOS): row_steps [B] its denoising steps, row_blocks [B] the blocks it ran. A step
@@ -571,8 +578,7 @@ def generate(model, prompt_ids, *, gen_length: int | str, block_length: int, ste
     stats = SampleStats(steps=int(n_steps), forward_passes=int(nfe), tokens=float(decoded), gen_length=gen_length,
                         blocks=int(blocks))
     if trace:
-        answer_steps = np.asarray(record.step)[:, p:].reshape(b, gen_length // block_length, block_length)
-        row_blocks = np.sum(np.any(answer_steps >= 0, axis=2), axis=1)   # blocks the row committed in
         stats.row_steps = np.asarray(record.row_steps)
-        stats.row_forward_passes = np.asarray(row_forward_passes(settings, stats.row_steps, row_blocks))
+        stats.row_forward_passes = np.asarray(row_forward_passes(
+            settings, record.row_steps, row_blocks_run(settings, record.step[:, p:])))
     return (out, stats, record.step) if trace else (out, stats)
