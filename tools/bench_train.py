@@ -67,22 +67,10 @@ def hf_config(shape: str, layers: int | None = None) -> dict:
 
 
 def model_flops_per_step(hf: dict, batch: int, seq: int) -> float:
-    """Matmul FLOPs a frozen-base LoRA step must do: forward 2*N and input-gradient backward 2*N per
-    token over the active matmul parameters N (attention projections, dense MLP or router + top-k
-    experts, LM head; no weight gradients for the frozen base, LoRA's own matmuls ignored), plus
-    bidirectional attention's scores and values, 4*S*heads*head_dim per token and layer forward and
-    twice that backward. Recomputation (remat, the vocabulary loss's chunks) is not counted."""
-    d, layers, heads = hf["hidden_size"], hf["num_hidden_layers"], hf["num_attention_heads"]
-    hd = hf.get("head_dim") or d // heads
-    kv = hf["num_key_value_heads"]
-    attn = d * heads * hd * 2 + d * kv * hd * 2
-    if hf.get("num_experts"):
-        mlp = d * hf["num_experts"] + hf["num_experts_per_tok"] * 3 * d * hf["moe_intermediate_size"]
-    else:
-        mlp = 3 * d * hf["intermediate_size"]
-    n_active = layers * (attn + mlp) + d * hf["vocab_size"]
-    tokens = batch * seq
-    return tokens * (4 * n_active + 12 * layers * seq * heads * hd)
+    """What a frozen-base LoRA step must compute (`jaxdiff.model.flops`, the trainer's MFU count too)."""
+    from jaxdiff.model import ModelConfig
+    from jaxdiff.model.flops import train_flops_per_token
+    return batch * seq * train_flops_per_token(ModelConfig.from_hf(hf), seq)
 
 
 def _jax_peak_mb() -> tuple[float, str]:

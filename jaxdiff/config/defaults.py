@@ -93,6 +93,8 @@ def rl_defaults() -> ml_collections.ConfigDict:
         estimator="trace_replay", shrink=1, t_min=0.2, t_max=0.8, prompt_mask_prob=0.15,
         # the clipped loss (rl/objective.py)
         mu=1,                       # inner iterations per batch (a new estimator key each)
+        minibatch_size=0,           # rows per optimizer step: 0 = one step over the whole batch; M = the kept
+                                    # rows (dropped groups left out), shuffled, in steps of M per iteration
         eps_low=0.2, eps_high=0.2, beta=0.0, log_ratio_clamp=20.0, normalization="seq-mean-token-mean",
         log_kl=True,                # score the reference (adapter off) for the KL metric even when beta = 0
         # advantages (rl/advantages.py)

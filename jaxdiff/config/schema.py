@@ -107,7 +107,10 @@ def validate_rl(r) -> None:
         bad("eps_low", "must be in [0, 1)")
     if r.keep_orders > r.n_orders:
         bad("keep_orders", f"must be <= config.rl.n_orders={r.n_orders} (the orders kept of those sampled)")
-    for key in ("eps_high", "beta", "prompt_length", "log_samples", "reward.correctness", "reward.speed",
+    if r.minibatch_size and r.minibatch_size > r.prompts_per_batch * r.group_size:
+        bad("minibatch_size", f"0 (one step over the whole batch) or at most the batch's "
+                              f"prompts_per_batch x group_size = {r.prompts_per_batch * r.group_size} rows")
+    for key in ("eps_high", "beta", "prompt_length", "log_samples", "minibatch_size", "reward.correctness", "reward.speed",
                 "reward.efficiency", "order_temperature"):
         if get(r, key) < 0:
             bad(key, "must be >= 0")

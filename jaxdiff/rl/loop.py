@@ -15,7 +15,8 @@ Per batch n (P = rl.prompts_per_batch prompts drawn from seed and n, G = rl.grou
             on the VerifierPool (returns at once); the batch keeps the adapter that sampled it
   collect   wait for the verdicts -> reward components (rewards.score) -> group advantages
   learn     mu iterations of the jitted update (update.py): current, old (the sampling adapter)
-            and reference log-probabilities with the iteration's key, the clipped loss, optax
+            and reference log-probabilities with the iteration's key, the clipped loss, optax; one
+            optimizer step over the whole batch, or (rl.minibatch_size = M) over its kept rows M at a time
 
 Overlap (rl.overlap): batch n + 1 is launched with the adapter *before* update n, right after batch n
 was queued, so the device samples while the pool verifies; batch n + 1 is then one update stale and
@@ -119,6 +120,11 @@ def build(c, *, model=None, tokenizer=None) -> RLRun:
                                          "runs 'order_distill' with rl.order_distill.train_order_distill)")
     mesh, model, tokenizer = prepare(c, r.prompts_per_batch * r.group_size,
                                      "config.rl.prompts_per_batch x config.rl.group_size", model, tokenizer)
+    ways = mesh.shape["data"] * mesh.shape["fsdp"] * mesh.shape["expert"]
+    if r.minibatch_size % ways:
+        raise rl_config.ConfigValueError(
+            f"config.rl.minibatch_size = {r.minibatch_size} rows is not divisible by the batch-sharded mesh axes "
+            f"data x fsdp x expert = {ways} (config.mesh={dict(c.mesh)})")
     try:
         settings = rollout_settings(model, **rl_config.rollout_kwargs(c))
     except ValueError as e:
@@ -264,20 +270,45 @@ def collect(run: RLRun, pool, inflight: InFlight):
     return rewards.score(results, steps, run.sampler_settings.steps, rl_config.reward(run.config)), results, waited
 
 
+def minibatches(keep: np.ndarray, size: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(row indices, keep flags) of each optimizer step of one inner iteration over a batch whose
+    rows `keep` marks. size 0: one step over every row as sampled (a dropped group's rows ride along,
+    masked). size M: the kept rows, shuffled by `rng`, M per step; the last step is filled up to M
+    with copies of its first row marked keep=False, which count nowhere (objective.py), so every
+    step has one shape and the update compiles once. No kept row: no step."""
+    if size == 0:
+        return [(np.arange(keep.size), keep)] if keep.any() else []
+    kept = rng.permutation(np.flatnonzero(keep))
+    steps = []
+    for lo in range(0, kept.size, size):
+        rows = kept[lo:lo + size]
+        flags = np.ones(size, bool)
+        flags[rows.size:] = False
+        steps.append((np.concatenate([rows, np.full(size - rows.size, rows[0])]), flags))
+    return steps
+
+
 def learn(run: RLRun, inflight: InFlight, adv: Advantages) -> list[dict]:
-    """mu updates on the batch (none when every group was dropped); each iteration's metrics."""
-    if adv.kept_samples == 0:
-        return []
-    fn, shardings = update_fn(run, inflight.batch)
-    batch = jax.device_put(inflight.batch, shardings[3])              # rows over the batch-sharded axes
-    values, keep = jax.device_put((adv.values, adv.keep), shardings[4])
-    iterations = []
-    for i in range(run.config.rl.mu):
-        run.trainable, run.opt_state, m = fn(run.frozen, run.trainable, run.opt_state, inflight.adapter, batch,
-                                             values, keep, batch_key(run, inflight.index, i + 1))
-        iterations.append({k: float(v) for k, v in jax.device_get(m).items()})
-        run.updates += 1
-    return iterations
+    """mu iterations over the batch (none when every group was dropped), each one optimizer step per
+    minibatch (`minibatches`, rl.minibatch_size); the metrics of each step. Step j of iteration i uses
+    the key fold_in(batch_key(n, i + 1), j) when rl.minibatch_size is set, batch_key(n, i + 1) when not."""
+    r = run.config.rl
+    steps_done = []
+    for i in range(r.mu):
+        key = batch_key(run, inflight.index, i + 1)
+        rng = np.random.default_rng([run.config.seed, inflight.index, i])
+        for j, (rows, keep) in enumerate(minibatches(adv.keep, r.minibatch_size, rng)):
+            part = inflight.batch if r.minibatch_size == 0 else jax.tree.map(
+                lambda x: x[rows] if x.ndim else x, inflight.batch)
+            fn, shardings = update_fn(run, part)
+            part = jax.device_put(part, shardings[3])                      # rows over the batch-sharded axes
+            values, keep = jax.device_put((adv.values[rows], keep), shardings[4])
+            step_key = key if r.minibatch_size == 0 else jax.random.fold_in(key, j)
+            run.trainable, run.opt_state, m = fn(run.frozen, run.trainable, run.opt_state, inflight.adapter, part,
+                                                 values, keep, step_key)
+            steps_done.append({k: float(v) for k, v in jax.device_get(m).items()})
+            run.updates += 1
+    return steps_done
 
 
 # ----------------------------------------------------------------------------- the loop

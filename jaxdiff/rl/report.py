@@ -7,7 +7,8 @@ import numpy as np
 from jaxdiff.rl.advantages import Advantages
 from jaxdiff.rl.rewards import RewardBatch
 
-# how a metric of the update is combined over the mu inner iterations (default: the mean)
+# how a metric of the update is combined over the batch's optimizer steps (mu iterations x minibatches;
+# default: the mean)
 _OVER_ITERATIONS = {"ratio_min": min, "ratio_max": max, "old_minus_recorded": max, "skipped": sum}
 
 
@@ -32,7 +33,7 @@ def batch_metrics(inflight, rb: RewardBatch, results: list[dict], adv: Advantage
     a = adv.metrics()
     m.update({"advantage/dropped_groups": a["dropped_groups"], "advantage/dropped_fraction": a["dropped_fraction"],
               "advantage/kept_samples": a["kept_samples"], "advantage/abs_mean": a["advantage_abs_mean"]})
-    m["policy/iterations"] = float(len(iterations))
+    m["policy/iterations"] = float(len(iterations))                # optimizer steps taken on this batch
     if iterations:
         for k in iterations[0]:
             values = [it[k] for it in iterations]

@@ -23,6 +23,7 @@ from jaxdiff import builder
 from jaxdiff.checkpoint import workdir as wd
 from jaxdiff.config import schema
 from jaxdiff.data import pipeline, sources
+from jaxdiff.model.flops import train_flops_per_token
 from jaxdiff.parallel import make_mesh, use_mesh
 from jaxdiff.train import config as cfg_lib
 from jaxdiff.train import state as st
@@ -199,17 +200,6 @@ def evaluate(run: Run) -> dict:
     return {k: v / n for k, v in totals.items()} if n else {}
 
 
-def _flops_per_token(run: Run) -> float:
-    cfg = run.model.config
-    active = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.frozen))
-    if cfg.is_moe:  # only top-k of E experts run per token
-        per_expert = 3 * cfg.hidden_size * cfg.moe_intermediate_size
-        n_moe = sum(cfg.layer_is_moe(i) for i in range(cfg.num_hidden_layers))
-        active -= n_moe * per_expert * (cfg.num_experts - cfg.num_experts_per_tok)
-    active += sum(int(np.prod(x.shape)) for x in jax.tree.leaves(run.trainable)) if run.config.lora.full_training else 0
-    return 6.0 * active if run.config.lora.full_training else 4.0 * active
-
-
 def summary_line(out: dict) -> str:
     """`train`'s result as one line: the step, held-out loss, (diffusion) masked-token accuracy and
     (AR) next-token accuracy, each when the run trains that head."""
@@ -282,7 +272,7 @@ def train(c, *, progress: bool = True) -> dict:
     writer = SummaryWriter(os.path.join(os.path.abspath(c.workdir), "tb")) if jax.process_index() == 0 else None
     lr = schedule(cfg_lib.optimizer(c))
     tokens_per_step = c.data.batch_size * c.data.seq_len
-    flops_tok = _flops_per_token(run)
+    flops_tok = train_flops_per_token(run.model.config, c.data.seq_len, full_training=c.lora.full_training)
     base_key = jax.random.key(c.seed)
     history, final, stopped, text = [], {}, None, None
     last_t, last_step = time.perf_counter(), run.step

@@ -65,7 +65,12 @@ def test_training_split_parts_are_disjoint_and_rl_constants_are_new_to_sft():
     assert {t.family for t in rl} == {t.family for t in sft} == {t.family for t in SPLITS["train"]}
     key = lambda tasks: {(t.family, tuple(sorted(t.meta["constants"].items()))) for t in tasks}  # noqa: E731
     assert not key(sft) & key(rl)
-    assert [t.id for t in S.train_part("rl", 1)] != [t.id for t in rl]      # seeded
+    for seed, frac in ((0, 0.5), (1, S.RL_FRACTION)):                     # any seed and fraction: a partition
+        rl_, sft_ = S.train_part("rl", seed, rl_fraction=frac), S.train_part("sft", seed, rl_fraction=frac)
+        assert sorted(t.id for t in rl_ + sft_) == sorted(t.id for t in S.synthetic("train", seed))
+        per = collections.Counter(t.family for t in rl_ + sft_)
+        assert collections.Counter(t.family for t in rl_) == {f: max(1, round(n * frac)) for f, n in per.items()}
+    assert {t.id for t in S.train_part("rl", 0, rl_fraction=0.5)} > {t.id for t in rl}   # the same shuffle, cut later
     bend_sft, bend_rl = load_suite("bend-synthetic-train-sft"), load_suite("bend-synthetic-train-rl")
     assert bend_rl and not {t.id for t in bend_sft} & {t.id for t in bend_rl}
     with pytest.raises(ValueError, match="unknown part 'test'"):

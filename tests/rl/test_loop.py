@@ -25,7 +25,7 @@ from jaxdiff.config import load_config_file
 from jaxdiff.config.schema import ConfigValueError
 from jaxdiff.parallel import make_mesh
 from jaxdiff.rl import config as rl_config
-from jaxdiff.rl.loop import train_rl
+from jaxdiff.rl.loop import minibatches, train_rl
 from tests.workdir_fixtures import make_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -175,6 +175,41 @@ def test_overlap_samples_with_the_adapter_before_the_update(sync, overlap):
         else:
             assert first["ratio_min"] == pytest.approx(1.0, abs=1e-6) == first["ratio_max"]
     assert stale, "test set-up: no update on a stale batch"
+
+
+def test_minibatches_cover_each_kept_row_once_and_pad_masked():
+    keep = np.repeat([True, False, True, True, False], 4)                  # 5 groups of 4, 2 dropped
+    whole = minibatches(keep, 0, np.random.default_rng(0))
+    assert len(whole) == 1 and (whole[0][0] == np.arange(20)).all() and (whole[0][1] == keep).all()
+    steps = minibatches(keep, 5, np.random.default_rng(0))
+    assert [len(r) for r, _ in steps] == [5, 5, 5] and [int(k.sum()) for _, k in steps] == [5, 5, 2]
+    rows = np.concatenate([r[k] for r, k in steps])
+    assert sorted(rows) == list(np.flatnonzero(keep))                      # every kept row once, none dropped
+    assert (rows != np.flatnonzero(keep)).any()                            # shuffled
+    assert all(keep[r].all() for r, _ in steps)                            # padding copies a kept row, masked
+    assert minibatches(np.zeros(8, bool), 4, np.random.default_rng(0)) == []
+    assert minibatches(np.zeros(8, bool), 0, np.random.default_rng(0)) == []
+
+
+def test_minibatch_steps_use_the_kept_rows_with_the_sampler_as_old_policy(env):
+    """rl.minibatch_size = 8 of 4 x 4 rows (8: the test session's devices): one optimizer step per 8
+    kept rows and iteration; the first step of a batch that is not stale has ratio 1, and every
+    step's old log-probs are the sampler's."""
+    out, events = run(env, "minibatch", overlap=False, prompts_per_batch=4, minibatch_size=8)
+    stepped = 0
+    for e, h in zip(events, out["history"]):
+        kept = e["advantages"].kept_samples
+        assert len(e["iterations"]) == 2 * -(-kept // 8) == h["policy/iterations"]   # mu = 2
+        for i, it in enumerate(e["iterations"]):
+            assert it["old_minus_recorded"] < 1e-5
+            if i == 0:
+                assert abs(it["ratio_min"] - 1) < 1e-6 and abs(it["ratio_max"] - 1) < 1e-6
+        stepped += len(e["iterations"])
+    assert stepped == out["run"].updates
+    assert any(len(e["iterations"]) == 4 for e in events), "test set-up: no batch kept more than 8 rows"
+    refused = config(env["sft"], env["tasks"], env["root"] / "unused", minibatch_size=9)
+    with pytest.raises(ConfigValueError, match=r"config\.rl\.minibatch_size=9"):
+        rl_config.validate(refused)
 
 
 def test_sigterm_and_resume_are_exact(env, overlap):
