@@ -89,13 +89,16 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     f32 = f32_matmul
 
     # Rematerialised per chunk: the backward recomputes each chunk's logits from h and the chunk's
-    # weights, so reverse mode holds the five [N] carries per chunk and one [N, chunk] working set,
+    # weights, so reverse mode holds the four [N] carries per chunk and one [N, chunk] working set,
     # never [N, V] (autodiff of the online log-sum-exp stays exact: the same ops, run again).
     # need: a traced bool; when False every chunk is skipped (lax.cond inside the rematerialised
     # body, so the skip holds in the backward too and the cond keeps no residuals of its own).
-    def scan_vocab(h, lw, need=None):   # h [n, D] -> (log-sum-exp, sum of logits, argmax), each [n]
+    # Accuracy without an argmax over the vocabulary (a variadic reduce XLA:CPU runs slowly): each
+    # chunk picks its rows' target logit out of its own logits, and a row is correct when that logit
+    # is the maximum (ties count as correct, where argmax would pick the lowest index).
+    def scan_vocab(h, t, lw, need=None):   # h [n, D], t [n] -> (log-sum-exp, sum of logits, target is top)
         def chunk_stats(carry, xs):
-            m, s, total, best, best_idx = carry
+            m, s, total, tgt = carry
             wc, bc, c = xs
             logits = project(h, wc, None if lw is None else lw.replace(b=bc), matmul=f32).astype(jnp.float32)
             if temperature != 1.0:
@@ -103,14 +106,13 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
             ids = c * chunk + jnp.arange(chunk)
             real = ids < v
             logits_m = jnp.where(real[None], logits, -jnp.inf)
-            cm = jnp.max(logits_m, axis=-1)
-            new_m = jnp.maximum(m, cm)
+            new_m = jnp.maximum(m, jnp.max(logits_m, axis=-1))
             s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
             total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
-            arg = jnp.argmax(logits_m, axis=-1)
-            better = cm > best
-            best_idx = jnp.where(better, c * chunk + arg, best_idx)
-            return new_m, s, total, jnp.maximum(best, cm), best_idx
+            local = t - c * chunk
+            here = jnp.take_along_axis(logits, jnp.clip(local, 0, chunk - 1)[:, None], axis=1)[:, 0]
+            tgt = jnp.where((local >= 0) & (local < chunk), here, tgt)
+            return new_m, s, total, tgt
 
         @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
         def body(carry, xs):
@@ -119,17 +121,17 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
             return jax.lax.cond(need, chunk_stats, lambda carry, xs: carry, carry, xs), None
 
         n = h.shape[0]
-        init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
-                jnp.zeros((n,), jnp.int32))
-        (m, s, total, _, best_idx), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
+        init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.zeros((n,)), jnp.full((n,), -jnp.inf))
+        (m, s, total, tgt), _ = jax.lax.scan(body, init, (w, b, jnp.arange(n_chunks)))
+        top = tgt >= m
         if need is not None:   # a skipped block: lse 0 (not -inf + log 0, whose gradient is nan)
             m, s = jnp.where(need, m, 0.0), jnp.where(need, s, 1.0)
-        return m + jnp.log(s), total, best_idx
+        return m + jnp.log(s), total, top
 
     if rows is None:
-        lse, total, best_idx = scan_vocab(hidden, lora)
+        lse, total, top = scan_vocab(hidden, targets, lora)
     else:
-        lse, total, best_idx = _wanted_rows_only(scan_vocab, hidden, lora, rows, row_block)
+        lse, total, top = _wanted_rows_only(scan_vocab, hidden, targets, lora, rows, row_block)
     # The target's logit from its own head row (a gather, not a [N, V] select kept for the backward),
     # through the same unmerged apply: per-row weights [N, 1, D] / adapter rows [N, 1, r].
     def rowwise(x, w):
@@ -141,13 +143,13 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     target_logit = project(hidden, head_w[targets][:, None, :], target_lora, matmul=rowwise)[:, 0].astype(jnp.float32)
     if temperature != 1.0:
         target_logit = target_logit / temperature
-    stats = TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=best_idx == targets)
+    stats = TokenStats(nll=lse - target_logit, mean_nll=lse - total / v, correct=top)
     if rows is None:
         return stats
     return TokenStats(jnp.where(rows, stats.nll, 0.0), jnp.where(rows, stats.mean_nll, 0.0), stats.correct & rows)
 
 
-def _wanted_rows_only(scan_vocab, hidden, lora, rows, row_block):
+def _wanted_rows_only(scan_vocab, hidden, targets, lora, rows, row_block):
     """scan_vocab over the rows marked in `rows` only: those rows sorted to the front, cut into at
     most MAX_ROW_BLOCKS blocks of about `row_block` rows, a block past the last wanted row skipped
     (scan_vocab's `need`, in both directions of autodiff). The blocks are a Python loop, not a scan:
@@ -160,12 +162,13 @@ def _wanted_rows_only(scan_vocab, hidden, lora, rows, row_block):
     back = jnp.argsort(order)                                      # sorted position of each row
     count = jnp.sum(rows)
     hs = jnp.pad(hidden[order], ((0, nb * rb - n), (0, 0))).reshape(nb, rb, d)
+    ts = jnp.pad(targets[order], (0, nb * rb - n)).reshape(nb, rb)
     outs = []
     for i in range(nb):
         lw = lora
         if lw is not None and lw.dropout_key is not None:   # a fresh dropout draw per block
             lw = lw.replace(dropout_key=jax.random.fold_in(lw.dropout_key, i))
-        outs.append(scan_vocab(hs[i], lw, need=i * rb < count))
+        outs.append(scan_vocab(hs[i], ts[i], lw, need=i * rb < count))
     return tuple(jnp.concatenate(x)[back] for x in zip(*outs))
 
 

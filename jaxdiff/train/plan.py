@@ -297,11 +297,11 @@ def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
     return (DISPATCH_SAVED[0] * x + DISPATCH_SAVED[1] * y, DISPATCH_WORKING[0] * x + DISPATCH_WORKING[1] * y)
 
 
-# The rematerialised vocab-chunk scan (`losses.token_stats_chunked`): five [tokens] float32 carries
+# The rematerialised vocab-chunk scan (`losses.token_stats_chunked`): four [tokens] float32 carries
 # saved per chunk and the hidden rows in loss-rows-first order, and in the backward about five
 # [tokens, chunk] float32 buffers of one chunk (logits, exp, cotangents; 5.2 measured by XLA on CPU,
 # independent of V).
-VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 5, 5
+VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 4, 5
 
 
 def vocab_loss_bytes(cfg: ModelConfig, tokens: float, n_loss: int, vocab_chunk: int, itemsize: int = 4,
@@ -339,7 +339,7 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
                         copy of a layer's local experts, all-gathered, in the compute dtype; every
                         layer's without remat, one layer's with it.
       vocab loss        the loss scans the head weight in vocab chunks, each chunk rematerialised in
-                        the backward: per head with a token loss (diffusion, ar) five [tokens]
+                        the backward: per head with a token loss (diffusion, ar) four [tokens]
                         float32 carries per chunk, plus one chunk's [tokens, chunk] float32 working
                         set (about five buffers).
       dequantized FP8   an FP8 base is dequantized to the compute dtype inside each matmul; the
