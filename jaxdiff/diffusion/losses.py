@@ -110,7 +110,7 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
             s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
             total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
             local = t - c * chunk
-            here = jnp.take_along_axis(logits, jnp.clip(local, 0, chunk - 1)[:, None], axis=1)[:, 0]
+            here = jnp.take_along_axis(logits_m, jnp.clip(local, 0, chunk - 1)[:, None], axis=1)[:, 0]
             tgt = jnp.where((local >= 0) & (local < chunk), here, tgt)
             return new_m, s, total, tgt
 

@@ -78,11 +78,17 @@ def test_vocab_chunked_stats_equal_full_logits(chunk):
     h = rs.randn(9, 8).astype(np.float32)
     w = rs.randn(11, 8).astype(np.float32)
     targets = rs.randint(0, 11, 9)
+    targets[::2] = (h @ w.T).argmax(axis=1)[::2]        # some rows right, so `correct` is not all False
     full = losses.token_stats_from_logits(jnp.asarray(h @ w.T), jnp.asarray(targets))
+    assert np.asarray(full.correct).sum() >= 5
     ch = losses.token_stats_chunked(jnp.asarray(h), jnp.asarray(w), jnp.asarray(targets), chunk=chunk)
     np.testing.assert_allclose(np.asarray(ch.nll), np.asarray(full.nll), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ch.mean_nll), np.asarray(full.mean_nll), rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(ch.correct), np.asarray(full.correct))
+    rows = jnp.asarray(np.arange(9) % 3 != 0)                # the loss-rows path (blocks of 4 rows)
+    part = losses.token_stats_chunked(jnp.asarray(h), jnp.asarray(w), jnp.asarray(targets), chunk=chunk, rows=rows,
+                                      row_block=4)
+    np.testing.assert_array_equal(np.asarray(part.correct), np.asarray(full.correct) & np.asarray(rows))
 
 
 def _head_case(v, n=9, d=8, r=3):
