@@ -198,7 +198,7 @@ def _backward(scale, cq, ck, res, d_out):
     k_chunks, v_chunks = _chunks(k, ck, 2), _chunks(v, ck, 2)
 
     def q_step(carry, xs):
-        dk, dv = carry                                       # [nk, B, K, Ck, H] float32
+        dk, dv = carry                                       # [nk, B, K, H, Ck] float32 (transposed)
         i, (q_c, do_c, m_c, l_c, dl_c, b_c) = xs
         inv_l = 1.0 / l_c
 
@@ -206,25 +206,28 @@ def _backward(scale, cq, ck, res, d_out):
             j, (k_c, v_c, dk_c, dv_c, bj) = xs
             s, allowed = _tile(q_c, k_c, bj, vis, i, j, scale, cq, ck)
             p = jnp.exp(s - m_c[..., None]) * inv_l[..., None]                    # [B, K, G, Q, S]
-            dv_c = dv_c + jnp.einsum("BKGQS,BKGQH->BKSH", p.astype(do_c.dtype), do_c,
+            # dv and dk accumulate transposed ([H, Ck]): the small q / dO tiles are transposed for the
+            # product, not the [G*Q, Ck] probability tiles (XLA:CPU copies a transposed operand)
+            dv_c = dv_c + jnp.einsum("BKGQH,BKGQS->BKHS", do_c, p.astype(do_c.dtype),
                                      preferred_element_type=jnp.float32)
             dp = jnp.einsum("BKGQH,BKSH->BKGQS", do_c, v_c, preferred_element_type=jnp.float32)
             ds = jnp.where(allowed, p * (dp - dl_c[..., None]), 0.0)
             d_bias = None if bj is None else jnp.sum(ds, axis=(1, 2))[:, None].astype(bias.dtype)
             ds = (ds * scale).astype(q.dtype)
             dq = dq + jnp.einsum("BKGQS,BKSH->BKGQH", ds, k_c, preferred_element_type=jnp.float32)
-            dk_c = dk_c + jnp.einsum("BKGQS,BKGQH->BKSH", ds, q_c, preferred_element_type=jnp.float32)
+            dk_c = dk_c + jnp.einsum("BKGQH,BKGQS->BKHS", q_c, ds, preferred_element_type=jnp.float32)
             return dq, (dk_c, dv_c, d_bias)
 
         xs = (k_chunks, v_chunks, dk, dv, _chunks(b_c, ck, 3))
         dq, (dk, dv, d_bias) = _loop(k_step, jnp.zeros(q_c.shape, jnp.float32), xs, nk)
         return (dk, dv), (dq.astype(q.dtype), None if d_bias is None else _unchunk(d_bias, 3))
 
-    zeros = jnp.zeros(k_chunks.shape, jnp.float32)
+    zeros = jnp.zeros(jnp.swapaxes(k_chunks, -1, -2).shape, jnp.float32)
     xs = (_chunks(q, cq, 3), _chunks(d_out, cq, 3), _chunks(m, cq, 3), _chunks(l, cq, 3), _chunks(delta, cq, 3),
           _chunks(bias, cq, 2))
     (dk, dv), (dq, d_bias) = _loop(q_step, (zeros, zeros), xs, nq)
     d_bias = None if d_bias is None else _unchunk(d_bias, 2)
+    dk, dv = (jnp.swapaxes(x, -1, -2) for x in (dk, dv))
     return (_unchunk(dq, 3), _unchunk(dk, 2).astype(k.dtype), _unchunk(dv, 2).astype(v.dtype), d_bias, None)
 
 
