@@ -101,13 +101,36 @@ def dense_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.einsum("...D,FD->...F", x, w.astype(x.dtype))
 
 
+@jax.custom_vjp
+def _dense_up(low: jax.Array, b: jax.Array) -> jax.Array:
+    """low [..., r] B [out, r]^T: `dense_matmul`, with a backward that forms B's gradient as
+    (low^T dy)^T, so the rank-r side is transposed, not dy [..., out] (XLA:CPU otherwise copies dy
+    transposed for every adapted projection)."""
+    return dense_matmul(low, b)
+
+
+def _dense_up_fwd(low, b):
+    return dense_matmul(low, b), (low, b)
+
+
+def _dense_up_bwd(res, dy):
+    low, b = res
+    d_low = jnp.einsum("...F,FD->...D", dy, b.astype(dy.dtype))
+    d_bt = jnp.einsum("...D,...F->DF", low, dy)
+    return d_low, jnp.swapaxes(d_bt, 0, 1).astype(b.dtype)
+
+
+_dense_up.defvjp(_dense_up_fwd, _dense_up_bwd)
+
+
 def project(x: jax.Array, w: jax.Array, lora: LoRAWeights | None,
             matmul: Callable[[jax.Array, jax.Array], jax.Array] = dense_matmul) -> jax.Array:
     """x W^T + scale (drop(x) A^T) B^T, every product through `matmul` (weights [..., out, in])."""
     y = matmul(x, w)
     if lora is not None:
         low = matmul(lora.drop(x), lora.a.astype(x.dtype))
-        y = y + lora.scale * matmul(low, lora.b.astype(x.dtype))
+        up = _dense_up if matmul is dense_matmul and lora.b.ndim == 2 else matmul
+        y = y + lora.scale * up(low, lora.b.astype(x.dtype))
     return y
 
 
