@@ -24,7 +24,7 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -e ".[test]"
 lint-imports
 set +e
-python -m pytest -q -p no:cacheprovider --durations=25 "$@"
+python -m pytest -q -rs -p no:cacheprovider --durations=25 "$@"
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi

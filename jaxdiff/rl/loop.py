@@ -293,17 +293,24 @@ def learn(run: RLRun, inflight: InFlight, adv: Advantages) -> list[dict]:
     minibatch (`minibatches`, rl.minibatch_size); the metrics of each step. Step j of iteration i uses
     the key fold_in(batch_key(n, i + 1), j) when rl.minibatch_size is set, batch_key(n, i + 1) when not."""
     r = run.config.rl
+    if adv.kept_samples == 0:
+        return []
+    whole = r.minibatch_size == 0
+    shape = inflight.batch if whole else jax.tree.map(lambda x: x[:r.minibatch_size] if x.ndim else x, inflight.batch)
+    fn, shardings = update_fn(run, shape)                  # every step of the batch has this shape: one lookup
+    if whole:                                              # rows over the batch-sharded axes, placed once
+        placed = jax.device_put((inflight.batch, adv.values, adv.keep), (shardings[3], shardings[4], shardings[4]))
     steps_done = []
     for i in range(r.mu):
         key = batch_key(run, inflight.index, i + 1)
         rng = np.random.default_rng([run.config.seed, inflight.index, i])
         for j, (rows, keep) in enumerate(minibatches(adv.keep, r.minibatch_size, rng)):
-            part = inflight.batch if r.minibatch_size == 0 else jax.tree.map(
-                lambda x: x[rows] if x.ndim else x, inflight.batch)
-            fn, shardings = update_fn(run, part)
-            part = jax.device_put(part, shardings[3])                      # rows over the batch-sharded axes
-            values, keep = jax.device_put((adv.values[rows], keep), shardings[4])
-            step_key = key if r.minibatch_size == 0 else jax.random.fold_in(key, j)
+            if whole:
+                part, values, keep, step_key = *placed, key
+            else:
+                part = jax.device_put(jax.tree.map(lambda x: x[rows] if x.ndim else x, inflight.batch), shardings[3])
+                values, keep = jax.device_put((adv.values[rows], keep), shardings[4])
+                step_key = jax.random.fold_in(key, j)
             run.trainable, run.opt_state, m = fn(run.frozen, run.trainable, run.opt_state, inflight.adapter, part,
                                                  values, keep, step_key)
             steps_done.append({k: float(v) for k, v in jax.device_get(m).items()})
