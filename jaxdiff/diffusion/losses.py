@@ -97,10 +97,16 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     # chunk picks its rows' target logit out of its own logits, and a row is correct when that logit
     # is the maximum (ties count as correct, where argmax would pick the lowest index).
     def scan_vocab(h, t, lw, need=None):   # h [n, D], t [n] -> (log-sum-exp, sum of logits, target is top)
+        if lw is None:   # a frozen-or-full head without adapter: the one-pass gradient (_frozen_head_lse)
+            need_arr = jnp.asarray(True) if need is None else need
+            lse, top = _frozen_head_lse(h, w, t, need_arr, chunk, v, temperature, need is not None)
+            total = f32_matmul(h, colsum[None, :])[:, 0] / temperature   # sum_v logits_v = h . sum_v W_v
+            return lse, total if need is None else jnp.where(need, total, 0.0), top
+
         def chunk_stats(carry, xs):
             m, s, total, tgt = carry
             wc, bc, c = xs
-            logits = project(h, wc, None if lw is None else lw.replace(b=bc), matmul=f32).astype(jnp.float32)
+            logits = project(h, wc, lw.replace(b=bc), matmul=f32).astype(jnp.float32)
             if temperature != 1.0:
                 logits = logits / temperature
             ids = c * chunk + jnp.arange(chunk)
@@ -109,10 +115,7 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
             new_m = jnp.maximum(m, jnp.max(logits_m, axis=-1))
             s = s * jnp.exp(m - new_m) + jnp.sum(jnp.exp(logits_m - new_m[:, None]), axis=-1)
             total = total + jnp.sum(jnp.where(real[None], logits, 0.0), axis=-1)
-            local = t - c * chunk
-            here = jnp.take_along_axis(logits_m, jnp.clip(local, 0, chunk - 1)[:, None], axis=1)[:, 0]
-            tgt = jnp.where((local >= 0) & (local < chunk), here, tgt)
-            return new_m, s, total, tgt
+            return new_m, s, total, _target_logit(logits_m, t, c, chunk, tgt)
 
         @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
         def body(carry, xs):
@@ -128,6 +131,7 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
             m, s = jnp.where(need, m, 0.0), jnp.where(need, s, 1.0)
         return m + jnp.log(s), total, top
 
+    colsum = None if lora is not None else jnp.sum(head_w.astype(jnp.float32), axis=0)
     if rows is None:
         lse, total, top = scan_vocab(hidden, targets, lora)
     else:
@@ -147,6 +151,89 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     if rows is None:
         return stats
     return TokenStats(jnp.where(rows, stats.nll, 0.0), jnp.where(rows, stats.mean_nll, 0.0), stats.correct & rows)
+
+
+def _target_logit(logits_m, t, c, chunk, tgt):
+    """The running target logit: row i's entry of this chunk's logits where t[i] falls in chunk c."""
+    local = t - c * chunk
+    here = jnp.take_along_axis(logits_m, jnp.clip(local, 0, chunk - 1)[:, None], axis=1)[:, 0]
+    return jnp.where((local >= 0) & (local < chunk), here, tgt)
+
+
+def _lse_scan(h, w, t, need, chunk, v, temperature, use_need, grad):
+    """The vocabulary scan of a head without adapter: h [n, D], chunked W [C, chunk, D] -> (log-sum-exp
+    [n], target is top [n], and with grad the log-sum-exp's gradient G = sum_v softmax_v W_v / T [n, D]).
+    G accumulates like flash attention's output: each chunk adds exp(logits - running max) @ W_c, the
+    sum rescaled when the max moves, and divides by the exp-sum at the end; so the forward pass holds
+    what the backward needs and no logits are recomputed. need: skip every chunk when False (use_need)."""
+    n, d = h.shape
+
+    def chunk_stats(carry, xs):
+        m, s, tgt, acc = carry
+        wc, c = xs
+        logits = f32_matmul(h, wc)
+        if temperature != 1.0:
+            logits = logits / temperature
+        logits_m = jnp.where((c * chunk + jnp.arange(chunk) < v)[None], logits, -jnp.inf)
+        new_m = jnp.maximum(m, jnp.max(logits_m, axis=-1))
+        e = jnp.exp(logits_m - new_m[:, None])
+        rescale = jnp.exp(m - new_m)
+        s = s * rescale + jnp.sum(e, axis=-1)
+        if grad:
+            acc = acc * rescale[:, None] + jnp.einsum("NV,VD->ND", e.astype(h.dtype), wc.astype(h.dtype),
+                                                      preferred_element_type=jnp.float32)
+        return new_m, s, _target_logit(logits_m, t, c, chunk, tgt), acc
+
+    def body(carry, xs):
+        if not use_need:
+            return chunk_stats(carry, xs), None
+        return jax.lax.cond(need, chunk_stats, lambda carry, xs: carry, carry, xs), None
+
+    init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
+            jnp.zeros((n, d) if grad else (), jnp.float32))
+    (m, s, tgt, acc), _ = jax.lax.scan(body, init, (w, jnp.arange(w.shape[0])))
+    top = tgt >= m
+    m, s = jnp.where(need, m, 0.0), jnp.where(need, s, 1.0)   # a skipped block: lse 0, gradient 0
+    lse = m + jnp.log(s)
+    if not grad:
+        return lse, top
+    return lse, top, acc / (s[:, None] * temperature)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _frozen_head_lse(h, w, t, need, chunk, v, temperature, use_need):
+    """(log-sum-exp [n], target is top [n]) of softmax(h W^T / T) over the chunked head w. Its
+    gradient comes from the forward scan (_lse_scan's G): the backward is G times the cotangent, where
+    autodiff of the online log-sum-exp would recompute every chunk's logits and multiply their
+    cotangents by W again (a third pass over the head). When W itself is trained (full training),
+    the backward is the rematerialised scan's autodiff instead."""
+    return _lse_scan(h, w, t, need, chunk, v, temperature, use_need, grad=False)
+
+
+def _frozen_head_lse_fwd(h, w, t, need, chunk, v, temperature, use_need):
+    if w.perturbed:   # W needs its gradient: keep the rematerialised scan's own backward
+        @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+        def plain(h, w):
+            lse, top = _lse_scan(h, w, t.value, need.value, chunk, v, temperature, use_need, grad=False)
+            return lse, top
+        lse, vjp, top = jax.vjp(plain, h.value, w.value, has_aux=True)
+        return (lse, top), (vjp, None)
+    lse, top, g = _lse_scan(h.value, w.value, t.value, need.value, chunk, v, temperature, use_need, grad=True)
+    return (lse, top), (None, g.astype(h.value.dtype))   # G in the hidden states' dtype
+
+
+def _frozen_head_lse_bwd(chunk, v, temperature, use_need, res, cts):
+    vjp, g = res
+    ct = cts[0]
+    if isinstance(ct, jax.custom_derivatives.SymbolicZero):
+        return None, None, None, None
+    if vjp is not None:
+        dh, dw = vjp(ct)
+        return dh, dw, None, None
+    return (ct[:, None] * g.astype(jnp.float32)).astype(g.dtype), None, None, None
+
+
+_frozen_head_lse.defvjp(_frozen_head_lse_fwd, _frozen_head_lse_bwd, symbolic_zeros=True)
 
 
 def _wanted_rows_only(scan_vocab, hidden, targets, lora, rows, row_block):

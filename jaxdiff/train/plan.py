@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -297,19 +298,25 @@ def dispatch_bytes(cfg: ModelConfig, tokens: float, itemsize: int, mesh,
     return (DISPATCH_SAVED[0] * x + DISPATCH_SAVED[1] * y, DISPATCH_WORKING[0] * x + DISPATCH_WORKING[1] * y)
 
 
-# The rematerialised vocab-chunk scan (`losses.token_stats_chunked`): four [tokens] float32 carries
-# saved per chunk and the hidden rows in loss-rows-first order, and in the backward about five
-# [tokens, chunk] float32 buffers of one chunk (logits, exp, cotangents; 5.2 measured by XLA on CPU,
-# independent of V).
-VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS = 4, 5
+# The vocab-chunk scan (`losses.token_stats_chunked`). A head without adapter that is not trained
+# (every LoRA run that leaves lm_head alone) takes the one-pass gradient: the forward scan keeps the
+# log-sum-exp's gradient G [tokens, D] (hidden dtype) for the backward and works on two
+# [tokens, chunk] float32 buffers (logits, exp; 2.0 measured by XLA on CPU). Otherwise the scan is
+# rematerialised: four [tokens] float32 carries saved per chunk and the hidden rows in
+# loss-rows-first order, and in the backward about five [tokens, chunk] float32 buffers of one chunk
+# (logits, exp, cotangents; 5.2 measured, independent of V).
+VOCAB_CARRIES, VOCAB_CHUNK_BUFFERS, VOCAB_ONE_PASS_BUFFERS = 4, 5, 2
 
 
 def vocab_loss_bytes(cfg: ModelConfig, tokens: float, n_loss: int, vocab_chunk: int, itemsize: int = 4,
-                     mesh=None, lora_rank: int = 0) -> tuple[float, float]:
+                     mesh=None, lora_rank: int = 0, one_pass: bool = False) -> tuple[float, float]:
     """(saved for the backward, working set of one chunk) bytes of `n_loss` vocab-chunked token
-    losses over `tokens` tokens per device. A vocabulary that is not whole chunks pads the head
-    weight [V', D] (D over fsdp) and its adapter's B [V', r] (float32): copies the scan keeps."""
+    losses over `tokens` tokens per device; one_pass: a frozen head without adapter (see above). A
+    vocabulary that is not whole chunks pads the head weight [V', D] (D over fsdp) and its
+    adapter's B [V', r] (float32): copies the scan keeps."""
     n_chunks, vocab_chunk = vocab_chunking(cfg.vocab_size, vocab_chunk)
+    if one_pass:
+        return n_loss * tokens * cfg.hidden_size * itemsize, (n_loss > 0) * tokens * VOCAB_ONE_PASS_BUFFERS * vocab_chunk * 4
     # the carries, and the loss's hidden rows gathered into loss-rows-first order (`rows=`)
     saved = n_loss * tokens * (n_chunks * VOCAB_CARRIES * 4 + cfg.hidden_size * itemsize)
     if n_loss and n_chunks * vocab_chunk != cfg.vocab_size:
@@ -318,10 +325,18 @@ def vocab_loss_bytes(cfg: ModelConfig, tokens: float, n_loss: int, vocab_chunk: 
     return saved, (n_loss > 0) * tokens * VOCAB_CHUNK_BUFFERS * vocab_chunk * 4
 
 
+def vocab_one_pass(c) -> bool:
+    """Whether config c's loss heads take the vocabulary's one-pass gradient: the output head is
+    frozen (not full training) and no loss head's LoRA targets match lm_head."""
+    return not c.lora.full_training and not any(re.search(t, "lm_head") for h in ("diffusion", "ar")
+                                                for t in builder.lora_spec(c, h).targets)
+
+
 def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat: str, heads: Mapping[str, bool],
                         mesh, fp8_device_bytes: int = 0, vocab_chunk: int = 8192,
                         block_diffusion: bool = False, moe_all_to_all: bool = False,
-                        capacity_factor: float | None = None, head_rank: int = 0) -> dict[str, int]:
+                        capacity_factor: float | None = None, head_rank: int = 0,
+                        vocab_one_pass: bool = False) -> dict[str, int]:
     """Estimated per-device bytes live at the peak of one train step, by term:
 
       saved residuals   what the forward passes keep for the backward. Every active head is one
@@ -338,10 +353,13 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
       gathered experts  the dispatch takes each device's experts whole: with fsdp or data > 1 a
                         copy of a layer's local experts, all-gathered, in the compute dtype; every
                         layer's without remat, one layer's with it.
-      vocab loss        the loss scans the head weight in vocab chunks, each chunk rematerialised in
-                        the backward: per head with a token loss (diffusion, ar) four [tokens]
-                        float32 carries per chunk, plus one chunk's [tokens, chunk] float32 working
-                        set (about five buffers).
+      vocab loss        the loss scans the head weight in vocab chunks (`vocab_loss_bytes`): a frozen
+                        head without adapter keeps the log-sum-exp's gradient [tokens, D] per head
+                        with a token loss (diffusion, ar) and works on two [tokens, chunk] float32
+                        buffers; otherwise each chunk is rematerialised in the backward: four
+                        [tokens] float32 carries per chunk, and about five [tokens, chunk] buffers.
+                        The chunk working set counts only beyond the layers' backward working set,
+                        which is never live at the same time.
       dequantized FP8   an FP8 base is dequantized to the compute dtype inside each matmul; the
                         matmul's backward needs that copy: every layer's without remat, one
                         layer's with it.
@@ -383,7 +401,10 @@ def activation_estimate(cfg: ModelConfig, dtype, *, batch: int, seq: int, remat:
         gathered = (cfg.num_experts // mesh.shape["expert"]) * 3 * cfg.moe_intermediate_size * cfg.hidden_size * b
         gathered *= n_moe if remat == "none" else 1
     n_loss = sum(bool(heads.get(h)) for h in ("diffusion", "ar"))
-    vocab = sum(vocab_loss_bytes(cfg, tokens, n_loss, vocab_chunk, b, mesh, head_rank))
+    v_saved, v_working = vocab_loss_bytes(cfg, tokens, n_loss, vocab_chunk, b, mesh, head_rank, vocab_one_pass)
+    # the loss runs between the last layer's forward and the first layer's backward: its chunk
+    # working set and a layer's backward working set are never live together
+    vocab = v_saved + max(0.0, v_working - working)
     dequant = fp8_device_bytes * b / (1 if remat == "none" else cfg.num_hidden_layers)
     return {"activations: saved residuals": int(saved),
             "activations: backward working set": int(working),
@@ -545,7 +566,8 @@ def plan_memory(c, *, mesh: Mapping[str, int], batch: int | None = None, seq: in
                                fp8_device_bytes=fp8_bytes, vocab_chunk=int(c.objective.vocab_chunk),
                                block_diffusion=c.objective.kind == "block_diffusion", moe_all_to_all=all_to_all,
                                capacity_factor=float(c.model.moe_capacity_factor) or None,
-                               head_rank=max(int(c.lora[h].rank) for h in ("diffusion", "ar")))
+                               head_rank=max(int(c.lora[h].rank) for h in ("diffusion", "ar")),
+                               vocab_one_pass=vocab_one_pass(c))
     length = prompt_length + gen_length
     sample_acts = sample_working_set(mcfg, dtype, batch=sample_batch, length=length,
                                      block=min(int(c.sample.block_length), gen_length), mesh=amesh,

@@ -1,5 +1,6 @@
 """Losses and schedules against direct NumPy transcriptions of the published formulas."""
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -159,6 +160,67 @@ def test_vocab_stats_of_wanted_rows_only_equal_full_logits(chunk, wanted):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
     if wanted == "none":
         assert float(v_ch) == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_ch)
+
+
+@pytest.mark.parametrize("wanted", [None, "some", "none"])
+@pytest.mark.parametrize("chunk,temperature", [(4, 1.0), (11, 0.7), (64, 1.3)])
+def test_head_without_adapter_gradients_equal_full_logits(chunk, temperature, wanted):
+    """A head without adapter takes the one-pass gradient (the log-sum-exp's gradient accumulated in
+    the forward scan): value and gradient equal log_softmax of the full logits, for a frozen head
+    (hidden only: the LoRA path) and a trained one (hidden and W: full training), on every row and
+    on the loss-rows path (blocks of 2 rows, blocks past the last wanted row skipped)."""
+    h, w, _, _, targets = _head_case(11)
+    rows = None if wanted is None else jnp.asarray({"some": [0, 1, 0, 0, 1, 1, 0, 0, 1], "none": [0] * 9}[wanted], bool)
+    keep = jnp.ones(9, bool) if rows is None else rows
+    wn, wm = jnp.linspace(0.5, 1.5, 9), jnp.linspace(-1.0, 1.0, 9)
+
+    def chunked(h, w):
+        s = losses.token_stats_chunked(h, w, targets, chunk=chunk, temperature=temperature, rows=rows, row_block=2)
+        return jnp.sum(wn * s.nll) + jnp.sum(wm * s.mean_nll), (s.nll, s.mean_nll, s.correct)
+
+    def reference(h, w):
+        s = losses.token_stats_from_logits(losses.f32_matmul(h, w) / temperature, targets)
+        s = (jnp.where(keep, s.nll, 0.0), jnp.where(keep, s.mean_nll, 0.0), s.correct & keep)
+        return jnp.sum(wn * s[0]) + jnp.sum(wm * s[1]), s
+
+    for argnums in ((0,), (0, 1)):
+        (v_ch, s_ch), g_ch = jax.jit(jax.value_and_grad(chunked, argnums=argnums, has_aux=True))(h, w)
+        (v_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(reference, argnums=argnums, has_aux=True))(h, w)
+        np.testing.assert_allclose(float(v_ch), float(v_ref), rtol=1e-5, atol=1e-5)
+        for x, y in zip(s_ch[:2], s_ref[:2]):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(s_ch[2]), np.asarray(s_ref[2]))
+        for x, y in zip(g_ch, g_ref):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+        if wanted == "none":
+            assert float(v_ch) == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_ch)
+    # only nll's gradient asked for (mean_nll's cotangent zero), and the stats without differentiation
+    g = jax.grad(lambda h: jnp.sum(wn * losses.token_stats_chunked(h, w, targets, chunk=chunk,
+                                                                   temperature=temperature).nll))(h)
+    g_ref = jax.grad(lambda h: jnp.sum(wn * losses.token_stats_from_logits(
+        losses.f32_matmul(h, w) / temperature, targets).nll))(h)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5)
+
+
+def test_frozen_head_gradient_does_not_revisit_the_vocabulary():
+    """With the head frozen, the gradient program multiplies by the head twice per chunk (logits and
+    the softmax-weighted rows, both in the forward scan), not three times (recomputed logits and
+    their cotangents' product): two [n, D] x [chunk, D] contractions in the whole jaxpr."""
+    h, w, _, _, targets = _head_case(11)
+
+    def dots(jaxpr):
+        found = []
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general" and any(getattr(v.aval, "shape", ()) == (9, 4) for v in eqn.outvars + eqn.invars):
+                found.append(eqn)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                found += dots(sub)
+        return found
+
+    f = lambda h: jnp.sum(losses.token_stats_chunked(h, w, targets, chunk=4).nll)
+    assert len(dots(jax.make_jaxpr(jax.grad(f))(h).jaxpr)) == 2
+    g = lambda h, w: jnp.sum(losses.token_stats_chunked(h, w, targets, chunk=4).nll)
+    assert len(dots(jax.make_jaxpr(jax.grad(g, argnums=(0, 1)))(h, w).jaxpr)) > 2   # W trained: autodiff's passes
 
 
 def test_vocab_chunking_is_balanced_and_never_pads_a_small_vocabulary():

@@ -167,7 +167,8 @@ def test_memory_plan_counts_the_doubled_diffusion_pass():
     a = saved(c)
     # the vocab loss row also holds its backward working set: only its saved part is a residual
     vocab_saved, _ = plan_lib.vocab_loss_bytes(plan_lib.plan_memory(c, mesh={}, batch=2, seq=128).model, 2 * 2 * 128,
-                                               1, obj.vocab_chunk, 4, lora_rank=c.lora.diffusion.rank)
+                                               1, obj.vocab_chunk, 4, lora_rank=c.lora.diffusion.rank,
+                                               one_pass=plan_lib.vocab_one_pass(c))
     estimate = a["activations: saved residuals"] + vocab_saved
     assert 1 / 1.5 < estimate / jax_bytes < 1.5, (estimate, jax_bytes)
     c.objective.kind = "masked"

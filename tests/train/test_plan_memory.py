@@ -170,7 +170,8 @@ def test_saved_residual_estimate_is_within_1_5x_of_jax(moe, remat):
     jax_bytes = sum(math.prod(a.shape) * a.dtype.itemsize for a, why in res if "argument" not in why)
     plan = plan_lib.plan_memory(c, mesh={}, batch=2, seq=512, remat=remat)
     vocab_saved, _ = plan_lib.vocab_loss_bytes(plan.model, 2 * 512, 1, obj.vocab_chunk, 4,
-                                               lora_rank=c.lora.diffusion.rank)   # the chunk scan's residuals
+                                               lora_rank=c.lora.diffusion.rank,   # the chunk scan's residuals
+                                               one_pass=plan_lib.vocab_one_pass(c))
     estimate = plan.activations["activations: saved residuals"] + vocab_saved
     assert 1 / 1.5 < estimate / jax_bytes < 1.5, (estimate, jax_bytes)
 
@@ -198,6 +199,11 @@ def test_no_remat_estimate_is_within_1_5x_of_xla(moe):
 # expert's weights), buffers a GPU's ragged_dot does not allocate.
 SLOPE_MESHES = ({"expert": 8}, {"fsdp": 4, "expert": 2}, {"data": 2, "fsdp": 2, "expert": 2})
 SLOPE_BATCH, SLOPE_SEQ = 16, 256
+# The slope between 2 and 3 layers: a 1-layer model's only layer is both the first and the last, and
+# where XLA puts that model's peak (the loss's chunk working set or the layer's backward) is not
+# where it puts a deeper model's; from 1 to 2 layers the expert=8 slope moved by 55 MB when the
+# vocabulary loss's backward working set shrank (2 -> 3 layers: 799 MB, 1 -> 2: 839 MB).
+SLOPE_LAYERS = (2, 3)
 # XLA:CPU's buffer assignment comes before LLVM code generation; without LLVM's expensive passes
 # the six compiles take half the time and assign the same buffers.
 FAST_COMPILE = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 " \
@@ -208,12 +214,12 @@ from tests.train.test_plan_memory import slice_config
 from jaxdiff.train import plan
 out = []
 for mesh in json.loads(sys.argv[1]):
-    for layers in (1, 2):
+    for layers in SLOPE_LAYERS:
         c, hf = slice_config(mesh)
         mcfg, dtype = plan.model_config(c, dict(hf, num_hidden_layers=layers), fp8=False)
         out.append(plan.compiled_step_bytes(c, mcfg, dtype, batch=%d, seq=%d))
 print(json.dumps(out))
-""" % (SLOPE_BATCH, SLOPE_SEQ)
+""".replace("SLOPE_LAYERS", repr(SLOPE_LAYERS)) % (SLOPE_BATCH, SLOPE_SEQ)
 
 
 def slice_config(mesh):
@@ -237,7 +243,7 @@ def slice_config(mesh):
 
 
 def test_planner_per_layer_slope_is_within_15_percent_of_xla_at_30b_width():
-    """bytes(2 layers) - bytes(1 layer) per device: the planner's train total against XLA's buffer
+    """bytes(3 layers) - bytes(2 layers) per device: the planner's train total against XLA's buffer
     assignment (arguments + outputs + temps - donated) of the real jitted train step, compiled
     from abstract arguments on 8 CPU devices, at the real 30B-A3B width (D 2048, 128 experts top-8,
     F 768, 32 heads), on three meshes. The slope holds everything a layer adds: its weights,
@@ -254,7 +260,7 @@ def test_planner_per_layer_slope_is_within_15_percent_of_xla_at_30b_width():
         c, hf = slice_config(mesh)
         axes = {a: n for a, n in mesh.items() if a != "capacity_factor"}
         planned = [plan_lib.plan_memory(c, mesh=axes, batch=SLOPE_BATCH, seq=SLOPE_SEQ, gen_length=64, fp8=False,
-                                        hf_config=dict(hf, num_hidden_layers=n)).train_total() for n in (1, 2)]
+                                        hf_config=dict(hf, num_hidden_layers=n)).train_total() for n in SLOPE_LAYERS]
         xla = compiled[2 * i + 1]["total"] - compiled[2 * i]["total"]
         report.append((mesh, planned[1] - planned[0], xla))
     print("per-layer slope, planner vs XLA (MB):",
