@@ -2,6 +2,7 @@
 
     python tools/bench_train.py                 # ~50M-param Qwen3-MoE shape, seq 512, CPU
     python tools/bench_train.py --steps 5 --batch 2
+    python tools/bench_train.py --rounds 5            # sides alternate 5 times; medians and per-round ratios
     python tools/bench_train.py --only jaxdiff --profile 2   # + per-op profile of 2 steps (jax.profiler)
     python tools/bench_train.py --mesh data=8 --mesh fsdp=2,expert=4 --mesh data=2,expert=2,tensor=2 --batch 8
         # jaxdiff only, one step time per mesh layout (8 fake CPU devices: for relative comparison only)
@@ -89,11 +90,12 @@ def _peak_rss_mb() -> float:
 # profile categories: the first pattern found in an op's name (named scopes, einsum specs) wins
 CATEGORIES = (("attention scores (attend)", r"attend|flash_attention|BQKGH|BKGQS"),
               ("MoE experts (grouped matmul)", r"ZRD,ZFD|ZRF|ragged_dot"),
-              ("vocabulary loss (lm head)", r"token_stats|VD->\.\.\.V|ND,NFD"),
+              ("vocabulary loss (lm head)", r"token_stats|_lse_scan|VD->\.\.\.V|NV,VD|ND,NFD"),
               ("projections + LoRA", r"\.\.\.D,FD->\.\.\.F"))
 
 
-CONTAINERS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ", "while", "conditional", "call")
+CONTAINERS = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end: ", "while", "conditional", "cond",
+              "call")   # events that enclose other ops' events (a lax.cond's thunk is named cond.N)
 
 
 def profile_steps(step, args, n: int, out_dir: str, top: int = 12) -> dict:
@@ -292,6 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=512)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the sides this many times, alternating, and report each side's median round")
     p.add_argument("--shape", default="bench-moe", choices=SHAPES)
     p.add_argument("--layers", type=int, default=None, help="keep the first N layers of --shape")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="params and activations")
@@ -328,29 +332,17 @@ def main(argv=None) -> int:
         return compare_meshes(a)
     hf = hf_config(a.shape, a.layers)
     flops = model_flops_per_step(hf, a.batch, a.seq)
-    results = []
-    for side in a.side or ["jaxdiff", "torch"]:
-        t0 = time.perf_counter()
-        try:
-            out = subprocess.run([sys.executable, __file__, *_side_args(side), "--batch", str(a.batch), "--seq",
-                                  str(a.seq), "--steps", str(a.steps), *shape_args], capture_output=True, text=True,
-                                  env=os.environ.copy(), timeout=a.side_timeout)
-        except subprocess.TimeoutExpired:
-            print(f"side {side} ran past --side_timeout {a.side_timeout:.0f} s: skipped", file=sys.stderr)
-            continue
-        if out.returncode:
-            print(f"side {side} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        r.update(side=side, shape=a.shape, layers=hf["num_hidden_layers"], batch=a.batch, seq=a.seq, dtype=a.dtype,
-                 model_tflops_per_step=flops / 1e12, wall_s=time.perf_counter() - t0)
-        peak = a.peak_tflops or (989.0 if r.get("backend") in ("gpu", "cuda") else None)
-        r["mfu"] = flops / r["step_s"] / (peak * 1e12) if peak else None
-        results.append(r)
-        print(f"  {side}: {r['step_s']:.4f} s/step ({r['wall_s']:.0f} s with start and compile)", file=sys.stderr)
-        if a.json_out:
-            with open(a.json_out, "a") as f:
-                f.write(json.dumps(r) + "\n")
+    sides = a.side or ["jaxdiff", "torch"]
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for rnd in range(a.rounds):   # the sides alternate within each round: they share the machine's drift
+        for side in sides:
+            r = _run_side(a, side, shape_args, flops, hf)
+            if r is None:
+                continue
+            runs[side].append(r)
+            tag = f"round {rnd + 1}/{a.rounds} " if a.rounds > 1 else ""
+            print(f"  {tag}{side}: {r['step_s']:.4f} s/step ({r['wall_s']:.0f} s with start and compile)", file=sys.stderr)
+    results = [_median_run(rs) for rs in runs.values() if rs]
     if not results:
         return 1
     r0 = results[0]
@@ -368,7 +360,44 @@ def main(argv=None) -> int:
         print(f"ratio jaxdiff/reference: tokens/s x{jd['tokens_per_s'] / ref['tokens_per_s']:.2f}, "
               f"peak memory x{jd['peak_mb'] / ref['peak_mb']:.2f} ({jd['peak_kind']} vs {ref['peak_kind']}; "
               f"jaxdiff compile {jd['compile_s']:.1f} s, excluded)")
-    return 0 if len(results) == len(a.side or [0, 0]) else 1
+        if a.rounds > 1:
+            per_round = [r["tokens_per_s"] / q["tokens_per_s"] for r, q in zip(runs[jd["side"]], runs["torch"])]
+            print(f"{a.rounds} rounds (medians above): tokens/s ratio per round "
+                  + ", ".join(f"x{x:.2f}" for x in per_round)
+                  + f"; step s {jd['side']} {jd['step_range']}, torch {ref['step_range']}")
+    return 0 if all(len(rs) == a.rounds for rs in runs.values()) else 1
+
+
+def _run_side(a, side: str, shape_args: list[str], flops: float, hf: dict) -> dict | None:
+    """One side's run in its own subprocess -> its result (None when it failed or timed out)."""
+    t0 = time.perf_counter()
+    try:
+        out = subprocess.run([sys.executable, __file__, *_side_args(side), "--batch", str(a.batch), "--seq",
+                              str(a.seq), "--steps", str(a.steps), *shape_args], capture_output=True, text=True,
+                             env=os.environ.copy(), timeout=a.side_timeout)
+    except subprocess.TimeoutExpired:
+        print(f"side {side} ran past --side_timeout {a.side_timeout:.0f} s: skipped", file=sys.stderr)
+        return None
+    if out.returncode:
+        print(f"side {side} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        return None
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r.update(side=side, shape=a.shape, layers=hf["num_hidden_layers"], batch=a.batch, seq=a.seq, dtype=a.dtype,
+             model_tflops_per_step=flops / 1e12, wall_s=time.perf_counter() - t0)
+    peak = a.peak_tflops or (989.0 if r.get("backend") in ("gpu", "cuda") else None)
+    r["mfu"] = flops / r["step_s"] / (peak * 1e12) if peak else None
+    if a.json_out:
+        with open(a.json_out, "a") as f:
+            f.write(json.dumps(r) + "\n")
+    return r
+
+
+def _median_run(rs: list[dict]) -> dict:
+    """The run with the median step time of one side's rounds (the lower middle of an even count),
+    with the range of all its rounds' step times."""
+    mid = sorted(rs, key=lambda r: r["step_s"])[(len(rs) - 1) // 2]
+    steps = [r["step_s"] for r in rs]
+    return {**mid, "step_range": f"{min(steps):.3f}-{max(steps):.3f}"}
 
 
 def compare_meshes(a) -> int:
