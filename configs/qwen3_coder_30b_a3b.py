@@ -8,10 +8,10 @@ attention, SFT data.
 
 Mesh: 8 GPUs of one host as fsdp=1, expert=8 by default; see the README for multi-host layouts.
 Memory: on 8 x H100 80GB, batch 64 x 2048 (8 sequences a GPU), remat full, MoE capacity factor 1.25,
-the planner's train-step total is 57.4 GB a GPU, sampling 16.0 GB (`python tools/plan_memory.py
---config configs/qwen3_coder_30b_a3b.py --devices 8`; the README's table). The capacity factor is
-what makes it fit: the dropless all-to-all holds E x (the GPU's 16,384 tokens) x D buffers, 52.6 GB
-a GPU, 105.9 GB in all.
+the planner's train-step total is 30.5 GB a GPU, sampling 13.2 GB (`python tools/plan_memory.py
+--config configs/qwen3_coder_30b_a3b.py --devices 8`; the README's table, 2026-12-01). With the
+dropless all-to-all (`model.moe_capacity_factor = 0`) its dispatch buffers (8 sources x the GPU's
+16,384 tokens x min(k, E/8) rows x D) take 26.3 GB and the step 52.7 GB a GPU.
 """
 from jaxdiff.config import defaults as base
 
