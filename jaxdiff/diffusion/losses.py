@@ -2,7 +2,7 @@
 
 Per-token negative log-likelihoods come from final hidden states h [N, D] and the output head
 W [V, D] without ever holding [N, V] float32 logits: the vocabulary is scanned in chunks with an
-online log-sum-exp (and a running argmax, for accuracy). The `llada`, `mdlm` and `soft_ce`
+online log-sum-exp (and the running target logit, for accuracy). The `llada`, `mdlm` and `soft_ce`
 reductions then weight those per-token terms as published:
 
   llada   (LLaDA eq. 3):  sum_{i masked} nll_i / p_i                        / (B * L)
@@ -80,7 +80,11 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     come back as 0 / False. The wanted rows are moved to the front and the head is scanned only for
     blocks of `row_block` rows that hold one, so a step pays for the vocabulary in proportion to
     the tokens its loss counts (about half of them under the LLaDA loss), not to all N.
-    Memory, forward and backward: O(N x chunk) float32 plus O(N x V / chunk) carries."""
+    Gradient: a head without adapter whose weight is not differentiated (the LoRA case) takes the
+    one-pass gradient (`_frozen_head_lse`: the forward scan accumulates it, the backward multiplies
+    by the cotangent); otherwise each chunk is rematerialised in the backward.
+    Memory, forward and backward: O(N x chunk) float32 plus O(N x V / chunk) carries (one-pass:
+    O(N x chunk) in the forward and G [N, D] kept for the backward)."""
     v, d = head_w.shape
     n_chunks, chunk = vocab_chunking(v, chunk)
     pad = n_chunks * chunk - v
@@ -88,7 +92,7 @@ def token_stats_chunked(hidden: jax.Array, head_w: jax.Array, targets: jax.Array
     b = None if lora is None else jnp.pad(lora.b, ((0, pad), (0, 0))).reshape(n_chunks, chunk, -1)
     f32 = f32_matmul
 
-    # Rematerialised per chunk: the backward recomputes each chunk's logits from h and the chunk's
+    # With an adapter, rematerialised per chunk: the backward recomputes each chunk's logits from h and the chunk's
     # weights, so reverse mode holds the four [N] carries per chunk and one [N, chunk] working set,
     # never [N, V] (autodiff of the online log-sum-exp stays exact: the same ops, run again).
     # need: a traced bool; when False every chunk is skipped (lax.cond inside the rematerialised
@@ -160,12 +164,13 @@ def _target_logit(logits_m, t, c, chunk, tgt):
     return jnp.where((local >= 0) & (local < chunk), here, tgt)
 
 
-def _lse_scan(h, w, t, need, chunk, v, temperature, use_need, grad):
+def _lse_scan(h, w, t, need, chunk, v, temperature, use_need, grad, remat=False):
     """The vocabulary scan of a head without adapter: h [n, D], chunked W [C, chunk, D] -> (log-sum-exp
     [n], target is top [n], and with grad the log-sum-exp's gradient G = sum_v softmax_v W_v / T [n, D]).
     G accumulates like flash attention's output: each chunk adds exp(logits - running max) @ W_c, the
     sum rescaled when the max moves, and divides by the exp-sum at the end; so the forward pass holds
-    what the backward needs and no logits are recomputed. need: skip every chunk when False (use_need)."""
+    what the backward needs and no logits are recomputed. need: skip every chunk when False (use_need).
+    remat: each chunk rematerialised, for a caller that differentiates this scan itself."""
     n, d = h.shape
 
     def chunk_stats(carry, xs):
@@ -188,6 +193,9 @@ def _lse_scan(h, w, t, need, chunk, v, temperature, use_need, grad):
         if not use_need:
             return chunk_stats(carry, xs), None
         return jax.lax.cond(need, chunk_stats, lambda carry, xs: carry, carry, xs), None
+
+    if remat:   # differentiated by autodiff: each chunk recomputed in the backward, O(n x chunk) held
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
 
     init = (jnp.full((n,), -jnp.inf), jnp.zeros((n,)), jnp.full((n,), -jnp.inf),
             jnp.zeros((n, d) if grad else (), jnp.float32))
@@ -212,10 +220,8 @@ def _frozen_head_lse(h, w, t, need, chunk, v, temperature, use_need):
 
 def _frozen_head_lse_fwd(h, w, t, need, chunk, v, temperature, use_need):
     if w.perturbed:   # W needs its gradient: keep the rematerialised scan's own backward
-        @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
         def plain(h, w):
-            lse, top = _lse_scan(h, w, t.value, need.value, chunk, v, temperature, use_need, grad=False)
-            return lse, top
+            return _lse_scan(h, w, t.value, need.value, chunk, v, temperature, use_need, grad=False, remat=True)
         lse, vjp, top = jax.vjp(plain, h.value, w.value, has_aux=True)
         return (lse, top), (vjp, None)
     lse, top, g = _lse_scan(h.value, w.value, t.value, need.value, chunk, v, temperature, use_need, grad=True)
