@@ -337,12 +337,12 @@ def main(argv=None) -> int:
     for rnd in range(a.rounds):   # the sides alternate within each round: they share the machine's drift
         for side in sides:
             r = _run_side(a, side, shape_args, flops, hf)
+            runs[side].append(r)   # None for a failed run: rounds stay aligned across the sides
             if r is None:
                 continue
-            runs[side].append(r)
             tag = f"round {rnd + 1}/{a.rounds} " if a.rounds > 1 else ""
             print(f"  {tag}{side}: {r['step_s']:.4f} s/step ({r['wall_s']:.0f} s with start and compile)", file=sys.stderr)
-    results = [_median_run(rs) for rs in runs.values() if rs]
+    results = [_median_run([r for r in rs if r]) for rs in runs.values() if any(rs)]
     if not results:
         return 1
     r0 = results[0]
@@ -361,11 +361,12 @@ def main(argv=None) -> int:
               f"peak memory x{jd['peak_mb'] / ref['peak_mb']:.2f} ({jd['peak_kind']} vs {ref['peak_kind']}; "
               f"jaxdiff compile {jd['compile_s']:.1f} s, excluded)")
         if a.rounds > 1:
-            per_round = [r["tokens_per_s"] / q["tokens_per_s"] for r, q in zip(runs[jd["side"]], runs["torch"])]
+            per_round = [r["tokens_per_s"] / q["tokens_per_s"] if r and q else None
+                         for r, q in zip(runs[jd["side"]], runs["torch"])]
             print(f"{a.rounds} rounds (medians above): tokens/s ratio per round "
-                  + ", ".join(f"x{x:.2f}" for x in per_round)
+                  + ", ".join(f"x{x:.2f}" if x else "failed" for x in per_round)
                   + f"; step s {jd['side']} {jd['step_range']}, torch {ref['step_range']}")
-    return 0 if all(len(rs) == a.rounds for rs in runs.values()) else 1
+    return 0 if all(all(rs) for rs in runs.values()) else 1
 
 
 def _run_side(a, side: str, shape_args: list[str], flops: float, hf: dict) -> dict | None:

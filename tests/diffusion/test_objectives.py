@@ -99,6 +99,20 @@ def _head_case(v, n=9, d=8, r=3):
             jnp.asarray(rs.randint(0, v, n)))
 
 
+def _assert_same_loss_stats_and_grads(chunked, reference, args, argnums):
+    """chunked and reference (-> (loss, (nll, mean_nll, correct))) agree in value, per-token stats
+    and the gradient with respect to args[argnums]; returns the chunked (loss, gradients)."""
+    (v_ch, s_ch), g_ch = jax.jit(jax.value_and_grad(chunked, argnums=argnums, has_aux=True))(*args)
+    (v_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(reference, argnums=argnums, has_aux=True))(*args)
+    np.testing.assert_allclose(float(v_ch), float(v_ref), rtol=1e-5, atol=1e-5)
+    for x, y in zip(s_ch[:2], s_ref[:2]):   # nll, mean_nll
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(s_ch[2]), np.asarray(s_ref[2]))   # correct (argmax)
+    for x, y in zip(g_ch, g_ref):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+    return v_ch, g_ch
+
+
 @pytest.mark.parametrize("chunk,temperature,rate", [(4, 1.0, 0.0), (11, 0.7, 0.25), (64, 1.3, 0.25)])
 def test_vocab_chunked_stats_and_gradients_equal_full_logits_with_lora(chunk, temperature, rate):
     """Value and reverse-mode gradient (hidden, head W, adapter A and B) of the rematerialised chunk
@@ -120,14 +134,7 @@ def test_vocab_chunked_stats_and_gradients_equal_full_logits_with_lora(chunk, te
         s = losses.token_stats_from_logits(logits, targets)
         return jnp.sum(wn * s.nll) + jnp.sum(wm * s.mean_nll), (s.nll, s.mean_nll, s.correct)
 
-    (v_ch, s_ch), g_ch = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2, 3), has_aux=True))(h, w, a, b)
-    (v_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2, 3), has_aux=True))(h, w, a, b)
-    np.testing.assert_allclose(float(v_ch), float(v_ref), rtol=1e-5, atol=1e-5)
-    for x, y in zip(s_ch[:2], s_ref[:2]):   # nll, mean_nll
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(s_ch[2]), np.asarray(s_ref[2]))   # correct (argmax)
-    for x, y in zip(g_ch, g_ref):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+    _assert_same_loss_stats_and_grads(chunked, reference, (h, w, a, b), (0, 1, 2, 3))
 
 
 @pytest.mark.parametrize("wanted", ["some", "none", "all"])
@@ -150,14 +157,7 @@ def test_vocab_stats_of_wanted_rows_only_equal_full_logits(chunk, wanted):
         s = (jnp.where(rows, s.nll, 0.0), jnp.where(rows, s.mean_nll, 0.0), s.correct & rows)
         return jnp.sum(wn * s[0]) + jnp.sum(wm * s[1]), s
 
-    (v_ch, s_ch), g_ch = jax.jit(jax.value_and_grad(chunked, argnums=(0, 1, 2, 3), has_aux=True))(h, w, a, b)
-    (v_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(reference, argnums=(0, 1, 2, 3), has_aux=True))(h, w, a, b)
-    np.testing.assert_allclose(float(v_ch), float(v_ref), rtol=1e-5, atol=1e-5)
-    for x, y in zip(s_ch[:2], s_ref[:2]):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(np.asarray(s_ch[2]), np.asarray(s_ref[2]))
-    for x, y in zip(g_ch, g_ref):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+    v_ch, g_ch = _assert_same_loss_stats_and_grads(chunked, reference, (h, w, a, b), (0, 1, 2, 3))
     if wanted == "none":
         assert float(v_ch) == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_ch)
 
@@ -184,17 +184,10 @@ def test_head_without_adapter_gradients_equal_full_logits(chunk, temperature, wa
         return jnp.sum(wn * s[0]) + jnp.sum(wm * s[1]), s
 
     for argnums in ((0,), (0, 1)):
-        (v_ch, s_ch), g_ch = jax.jit(jax.value_and_grad(chunked, argnums=argnums, has_aux=True))(h, w)
-        (v_ref, s_ref), g_ref = jax.jit(jax.value_and_grad(reference, argnums=argnums, has_aux=True))(h, w)
-        np.testing.assert_allclose(float(v_ch), float(v_ref), rtol=1e-5, atol=1e-5)
-        for x, y in zip(s_ch[:2], s_ref[:2]):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
-        np.testing.assert_array_equal(np.asarray(s_ch[2]), np.asarray(s_ref[2]))
-        for x, y in zip(g_ch, g_ref):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-5)
+        v_ch, g_ch = _assert_same_loss_stats_and_grads(chunked, reference, (h, w), argnums)
         if wanted == "none":
             assert float(v_ch) == 0.0 and all(float(jnp.max(jnp.abs(g))) == 0.0 for g in g_ch)
-    # only nll's gradient asked for (mean_nll's cotangent zero), and the stats without differentiation
+    # only nll's gradient asked for: mean_nll's cotangent is a symbolic zero
     g = jax.grad(lambda h: jnp.sum(wn * losses.token_stats_chunked(h, w, targets, chunk=chunk,
                                                                    temperature=temperature).nll))(h)
     g_ref = jax.grad(lambda h: jnp.sum(wn * losses.token_stats_from_logits(

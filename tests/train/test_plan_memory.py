@@ -214,12 +214,12 @@ from tests.train.test_plan_memory import slice_config
 from jaxdiff.train import plan
 out = []
 for mesh in json.loads(sys.argv[1]):
-    for layers in SLOPE_LAYERS:
+    for layers in %r:
         c, hf = slice_config(mesh)
         mcfg, dtype = plan.model_config(c, dict(hf, num_hidden_layers=layers), fp8=False)
         out.append(plan.compiled_step_bytes(c, mcfg, dtype, batch=%d, seq=%d))
 print(json.dumps(out))
-""".replace("SLOPE_LAYERS", repr(SLOPE_LAYERS)) % (SLOPE_BATCH, SLOPE_SEQ)
+""" % (SLOPE_LAYERS, SLOPE_BATCH, SLOPE_SEQ)
 
 
 def slice_config(mesh):
